@@ -1,0 +1,24 @@
+# fsood: the paper's pipeline as a Snakemake workflow. Thin on purpose: the grid and
+# every hyper-parameter live in params.yaml, each stage's rule in workflow/rules/, and
+# each rule calls the same `python -m fsood <stage>` command that dvc.yaml runs.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/subspace.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

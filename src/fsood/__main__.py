@@ -1,0 +1,5 @@
+import sys
+
+from fsood.cli import main
+
+sys.exit(main())

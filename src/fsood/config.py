@@ -1,0 +1,127 @@
+"""params.yaml: loading, validation against the JSON schema, and the benchmark grid."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(str(resources.files("fsood") / "params.schema.yaml"))
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key and the valid choices."""
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One benchmark cell: (benchmark, method, seed). ``name`` matches DVC's ``stage@name``."""
+
+    benchmark: str
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.benchmark}-{self.method}-{self.seed}"
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    parts = []
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else (f".{p}" if parts else str(p)))
+    return "".join(parts) or "(top level)"
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_params(params: dict, source: str = "params.yaml") -> dict:
+    """Refuse params that break the schema or the cross-field rules; return them unchanged."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(params).__name__}")
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = [f"  - at {_where(e)}: {_deepest(e).message}" for e in errors]
+        raise ParamsError(f"{source} is invalid ({len(errors)} problem(s)):\n" + "\n".join(lines))
+    _check_cross_fields(params, source)
+    return params
+
+
+def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For allOf/if-then failures, the nested error says more than the wrapper."""
+    while error.context:
+        error = jsonschema.exceptions.best_match(error.context)
+    return error
+
+
+def _check_cross_fields(params: dict, source: str) -> None:
+    problems = []
+    grid = params["grid"]
+    for name in grid["benchmarks"]:
+        if name not in params["benchmarks"]:
+            problems.append(
+                f"grid.benchmarks names {name!r} but benchmarks has no such entry "
+                f"(defined: {sorted(params['benchmarks'])})"
+            )
+    for name, bench in params["benchmarks"].items():
+        ft = bench["finetune"]
+        if ft["stage2_epoch"] > ft["epochs"]:
+            problems.append(
+                f"benchmarks.{name}.finetune.stage2_epoch={ft['stage2_epoch']} exceeds epochs={ft['epochs']}"
+            )
+        norm = bench["data"]["normalize"]
+        if len(norm["mean"]) != len(norm["std"]):
+            problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")
+        ood_sets = bench["data"]["ood_sets"]
+        if params["report"]["projection_ood"] not in ood_sets:
+            problems.append(
+                f"report.projection_ood={params['report']['projection_ood']!r} is not an OOD set of "
+                f"benchmark {name!r} (valid: {ood_sets})"
+            )
+        n_classes = len(bench["data"]["id_classes"])
+        bad = [c for c in params["report"]["projection_classes"] if c >= n_classes]
+        if bad:
+            problems.append(f"report.projection_classes {bad} out of range for {n_classes} ID classes")
+    if params["score"]["main"] not in params["score"]["scores"]:
+        problems.append(
+            f"score.main={params['score']['main']!r} is not in score.scores {params['score']['scores']}"
+        )
+    if params["report"]["projection_seed"] not in grid["seeds"]:
+        problems.append(
+            f"report.projection_seed={params['report']['projection_seed']} is not in grid.seeds {grid['seeds']}"
+        )
+    if problems:
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Read and validate a params file; raises ParamsError naming every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    return validate_params(params, str(path))
+
+
+def grid_cells(params: dict) -> list[Cell]:
+    """Every cell of the grid, in a fixed order (benchmark, method, seed)."""
+    g = params["grid"]
+    return [Cell(b, m, s) for b, m, s in itertools.product(g["benchmarks"], g["methods"], g["seeds"])]
+
+
+def check_cell(params: dict, benchmark: str, method: str | None = None, seed: int | None = None) -> None:
+    """Refuse a CLI call for a cell that is not in the grid (a typo would otherwise run)."""
+    g = params["grid"]
+    for key, value, valid in (("benchmark", benchmark, g["benchmarks"]), ("method", method, g["methods"]),
+                              ("seed", seed, g["seeds"])):
+        if value is not None and value not in valid:
+            raise ParamsError(f"{key} {value!r} is not in grid.{key}s of params.yaml (valid: {valid})")

@@ -1,0 +1,100 @@
+"""Neural Collapse metrics (Papyan, Han & Donoho, PNAS 2020) and the principal subspace.
+
+Shapes: ``features`` (N, d), ``labels`` (N,) in 0..C-1, classifier ``weight`` (C, d),
+``bias`` (C,). The paper's "principal subspace" is span(W) (C dimensions), not a PCA
+of the features; Neural Collapse (NC3) says the centred class means span the same space.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """mu_c for each class, shape (C, d). Every class must have a sample."""
+    counts = np.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError(f"classes without samples: {np.flatnonzero(counts == 0).tolist()}")
+    sums = np.zeros((num_classes, features.shape[1]))
+    np.add.at(sums, labels, features)
+    return sums / counts[:, None]
+
+
+def _equinorm(rows: np.ndarray) -> float:
+    norms = np.linalg.norm(rows, axis=1)
+    return float(norms.std() / norms.mean())
+
+
+def _equiangularity(rows: np.ndarray) -> float:
+    """mean over pairs c != c' of |cos(r_c, r_c') + 1/(C-1)|; 0 for a simplex ETF."""
+    c = rows.shape[0]
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    off_diag = cos[~np.eye(c, dtype=bool)]
+    return float(np.abs(off_diag + 1.0 / (c - 1)).mean())
+
+
+def nc_metrics(
+    features: np.ndarray, labels: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
+) -> dict[str, float]:
+    """NC1-NC4 of a feature set under a linear classifier.
+
+    * nc1: (1/C) Tr(Sigma_W Sigma_B^+), within- over between-class variability.
+    * nc2_*: equinorm (std/mean of norms) and equiangularity of the centred class means
+      M = [mu_c - mu_G] and of the classifier rows W.
+    * nc3: || W/||W||_F - M/||M||_F ||_F, self-duality of classifier and means.
+    * nc4: fraction of samples where the nearest class mean and the classifier disagree.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    weight = np.asarray(weight, dtype=np.float64)
+    num_classes = weight.shape[0]
+    mu = class_means(features, labels, num_classes)
+    mu_g = mu.mean(axis=0)
+    centred = mu - mu_g  # M, (C, d)
+
+    within = features - mu[labels]
+    sigma_w = within.T @ within / features.shape[0]
+    sigma_b = centred.T @ centred / num_classes
+    nc1 = float(np.trace(sigma_w @ np.linalg.pinv(sigma_b)) / num_classes)
+
+    nc3 = float(np.linalg.norm(weight / np.linalg.norm(weight) - centred / np.linalg.norm(centred)))
+
+    logits = features @ weight.T + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
+    # ||z - mu_c||^2 up to the per-sample constant ||z||^2: no (N, C, d) temporary.
+    dist = (mu**2).sum(axis=1)[None, :] - 2.0 * features @ mu.T
+    nc4 = float((logits.argmax(axis=1) != dist.argmin(axis=1)).mean())
+
+    return {
+        "nc1": nc1,
+        "nc2_equinorm_means": _equinorm(centred),
+        "nc2_equinorm_weights": _equinorm(weight),
+        "nc2_equiangular_means": _equiangularity(centred),
+        "nc2_equiangular_weights": _equiangularity(weight),
+        "nc3": nc3,
+        "nc4": nc4,
+    }
+
+
+def principal_basis(weight: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of span(W), shape (d, r) with r = rank(W) <= C."""
+    u, s, _ = np.linalg.svd(np.asarray(weight, dtype=np.float64).T, full_matrices=False)
+    rank = int((s > s.max() * max(weight.shape) * np.finfo(np.float64).eps).sum())
+    return u[:, :rank]
+
+
+def separation_degrees(features: np.ndarray, basis: np.ndarray) -> dict[str, float]:
+    """The paper's Table 7 measures of how far features lie from span(W).
+
+    * cos_to_span: mean ||P z|| / ||z|| (cosine between z and its projection);
+    * dist_to_span: mean ||z - P z||;
+    * recon_error: mean ||z - P z||^2 / ||z||^2 (relative reconstruction error).
+    """
+    z = np.asarray(features, dtype=np.float64)
+    proj = (z @ basis) @ basis.T
+    norm = np.maximum(np.linalg.norm(z, axis=1), 1e-12)
+    resid = np.linalg.norm(z - proj, axis=1)
+    return {
+        "cos_to_span": float((np.linalg.norm(proj, axis=1) / norm).mean()),
+        "dist_to_span": float(resid.mean()),
+        "recon_error": float(((resid / norm) ** 2).mean()),
+    }

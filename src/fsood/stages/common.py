@@ -1,0 +1,36 @@
+"""Helpers shared by the stage modules."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from fsood import paths
+from fsood.datasets import BenchmarkData
+from fsood.io import write_text
+from fsood.models import build_model, load_state
+
+
+def benchmark_data(benchmark: str) -> BenchmarkData:
+    return BenchmarkData(paths.DATA_DIR.format(benchmark=benchmark))
+
+
+def model_for(params: dict, benchmark: str, data: BenchmarkData):
+    return build_model(params["benchmarks"][benchmark]["model"], data.in_channels, data.num_classes)
+
+
+def load_model(params: dict, benchmark: str, data: BenchmarkData, checkpoint: Path):
+    arch = params["benchmarks"][benchmark]["model"]["arch"]
+    return load_state(model_for(params, benchmark, data), checkpoint,
+                      expect=f"({arch}, {data.num_classes} classes)")
+
+
+def write_history(path: str | Path, rows: list[dict]) -> None:
+    """Per-epoch CSV for ``dvc plots``; columns are the union of the rows' keys."""
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())

@@ -1,0 +1,16 @@
+"""Stage 1, data: materialise every set of a benchmark as uint8 arrays (DVC-tracked)."""
+from __future__ import annotations
+
+import logging
+
+from fsood import paths
+from fsood.datasets import materialize
+
+log = logging.getLogger(__name__)
+
+
+def run(params: dict, benchmark: str) -> None:
+    out = paths.DATA_DIR.format(benchmark=benchmark)
+    manifest = materialize(benchmark, params["benchmarks"][benchmark]["data"], out)
+    for name, info in manifest["sets"].items():
+        log.info("%s: %d samples of shape %s", name, info["count"], info["shape"])

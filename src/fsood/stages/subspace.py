@@ -1,0 +1,39 @@
+"""Stage 3, subspace: ID training features of the pretrained model, NC1-NC4, span(W)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fsood import nc, paths
+from fsood import runtime as rt
+from fsood.io import save_npz, write_json
+from fsood.stages.common import benchmark_data, load_model
+from fsood.train import forward_pass
+
+log = logging.getLogger(__name__)
+
+
+def run(params: dict, benchmark: str, seed: int) -> None:
+    device = rt.configure(params["runtime"], seed)
+    data = benchmark_data(benchmark)
+    checkpoint = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)["model"]
+    model = rt.prepare_model(load_model(params, benchmark, data, checkpoint), params["runtime"], device)
+    x, y = data.load("id_train")
+    logits, feats = forward_pass(model, x, params["runtime"], device, params["benchmarks"][benchmark]["data"]["normalize"])
+    weight = model.fc.weight.detach().cpu().double().numpy()
+    bias = model.fc.bias.detach().cpu().double().numpy()
+    out = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)
+    save_npz(out["features"], {"logits": logits, "features": feats, "labels": y})
+
+    metrics = nc.nc_metrics(feats, y, weight, bias)
+    basis = nc.principal_basis(weight)
+    metrics["train_accuracy"] = float((logits.argmax(1) == y).mean())
+    metrics["rank_w"] = int(basis.shape[1])
+    metrics.update({f"id_train_{k}": v for k, v in nc.separation_degrees(feats, basis).items()})
+    save_npz(out["basis"], {
+        "basis": basis, "weight": weight, "bias": bias,
+        "class_means": nc.class_means(feats.astype(np.float64), y, data.num_classes),
+    })
+    write_json(out["nc"], {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
+    log.info("NC metrics: %s", metrics)

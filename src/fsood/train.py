@@ -1,0 +1,154 @@
+"""Training loops for pretraining (CE) and fine-tuning with auxiliary outliers.
+
+Data live in memory as uint8 tensors; batches are index slices of a seeded permutation,
+augmentation runs on whole batches (no per-image Python, no DataLoader workers).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from fsood import runtime as rt
+from fsood.losses import cosine_to_classes
+
+log = logging.getLogger(__name__)
+
+# objective(logits, z, labels, epoch) -> (total loss, {term: value})
+Objective = Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, dict[str, Tensor]]]
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def normalizer(norm: dict, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """uint8 (N, C, H, W) -> float, scaled to [0, 1] then standardised per channel."""
+    mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
+    return lambda x: (x.float() / 255.0 - mean) / std
+
+
+def augment_batch(x: Tensor, padding: int, hflip: bool, generator: torch.Generator) -> Tensor:
+    """Random crop with zero padding and horizontal flip, for a whole batch at once."""
+    n, c, h, w = x.shape
+    if padding:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        di = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dj = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        rows = (di[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (dj[:, None] + torch.arange(w))[:, None, None, :]
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
+    """Cosine annealing per step from lr to lr_min (the OE code's LambdaLR)."""
+    return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+def train(
+    model: torch.nn.Module,
+    id_x: np.ndarray,
+    id_y: np.ndarray,
+    cfg: dict,
+    runtime: dict,
+    device: torch.device,
+    norm: dict,
+    objective: Objective,
+    seed: int,
+    outlier_x: np.ndarray | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """SGD (Nesterov) with per-step cosine LR; one outlier batch zipped with each ID batch.
+
+    Returns one history row per epoch: LR, every loss term, ID train accuracy and the
+    mean |cos(z, w_i)| of outlier features (how far they reach into span(W)).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    to_input = normalizer(norm, device)
+    xs, ys = torch.from_numpy(id_x), torch.from_numpy(id_y)
+    xo = None if outlier_x is None else torch.from_numpy(outlier_x)
+    bs_in = cfg.get("id_batch_size", cfg.get("batch_size"))
+    bs_out = cfg.get("outlier_batch_size", 0)
+    steps_per_epoch = math.ceil(len(xs) / bs_in)
+    total_steps = steps_per_epoch * cfg["epochs"]
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+        nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
+    )
+    aug = cfg["augment"]
+    history, step = [], 0
+    bar = tqdm(range(cfg["epochs"]), desc=desc, unit="epoch", mininterval=2.0)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(xs), generator=gen)
+        perm_out = None if xo is None else torch.randperm(len(xo), generator=gen)
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs_in:(i + 1) * bs_in]
+            batch, labels = xs[idx], ys[idx]
+            if xo is not None:  # cycle through the outliers when they run out
+                oidx = perm_out[(torch.arange(bs_out) + i * bs_out) % len(xo)]
+                batch = torch.cat([batch, xo[oidx]])
+            batch = augment_batch(batch, aug["crop_padding"], aug["hflip"], gen)
+            inputs = to_input(batch.to(device))
+            if runtime["channels_last"]:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device)
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, total_steps, cfg["lr"], cfg.get("lr_min", 0.0))
+            with rt.autocast(runtime, device):
+                logits, z = model(inputs, return_features=True)
+            logits, z = logits.float(), z.float()
+            loss, terms = objective(logits, z, labels, epoch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"{desc}: loss became {loss.item()} at epoch {epoch}, step {i}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            n_in = len(labels)
+            with torch.no_grad():
+                terms = dict(terms, total=loss)
+                if xo is not None:
+                    terms["ood_abs_cos"] = cosine_to_classes(z[n_in:], model.fc.weight).abs().mean()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * n_in
+                correct += int((logits[:n_in].argmax(1) == labels).sum())
+                seen += n_in
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "id_train_acc": correct / seen}
+        row.update({k: v / seen for k, v in sorted(sums.items())})
+        history.append(row)
+        bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['id_train_acc']:.3f}")
+        log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 5) for k, v in row.items()})
+    return history
+
+
+@torch.no_grad()
+def forward_pass(
+    model: torch.nn.Module, x: np.ndarray, runtime: dict, device: torch.device, norm: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features of a whole set (eval mode), as float32 numpy."""
+    model.eval()
+    to_input = normalizer(norm, device)
+    logits, feats = [], []
+    for start in range(0, len(x), runtime["eval_batch_size"]):
+        batch = to_input(torch.from_numpy(x[start:start + runtime["eval_batch_size"]]).to(device))
+        if runtime["channels_last"]:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with rt.autocast(runtime, device):
+            out, z = model(batch, return_features=True)
+        logits.append(out.float().cpu().numpy())
+        feats.append(z.float().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(feats)

@@ -1,0 +1,44 @@
+# Shared by all rules: validation, the grid, paths and resources.
+from fsood import paths
+from fsood.config import grid_cells, validate_params
+from snakemake.utils import validate
+
+# fsood's own check first (names the key and the valid choices, cross-field rules),
+# then Snakemake's validate() against the same schema file.
+validate_params(config, source="params.yaml")
+validate(config, schema="../../src/fsood/params.schema.yaml", set_default=False)
+
+GRID = config["grid"]
+REPORT = paths.templates(paths.REPORT_DIR, paths.REPORT_FILES)
+CELLS = grid_cells(config)
+GPU = 1 if config["runtime"]["device"] in ("cuda", "auto") else 0
+TRAIN_THREADS = config["runtime"]["threads"]
+
+
+wildcard_constraints:
+    benchmark="|".join(GRID["benchmarks"]),
+    method="|".join(GRID["methods"]),
+    seed=r"\d+",
+
+
+def log_path(stage, *parts):
+    return paths.LOG.format(stage=stage, name="-".join(parts))
+
+
+def all_targets():
+    """The reports of every benchmark; they pull in every cell of the grid."""
+    return [
+        f
+        for b in GRID["benchmarks"]
+        for f in paths.files(paths.REPORT_DIR, paths.REPORT_FILES, benchmark=b).values()
+    ]
+
+
+def report_inputs(wildcards):
+    """Every cell of this benchmark, listed from the grid (never a glob: no stale cell)."""
+    b = wildcards.benchmark
+    cells = [c for c in CELLS if c.benchmark == b]
+    files = [paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark=b, method=c.method, seed=c.seed)
+             for c in cells]
+    nc = [paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=b, seed=s)["nc"] for s in GRID["seeds"]]
+    return [str(f[k]) for f in files for k in ("cache", "metrics")] + [str(p) for p in nc]

@@ -1,0 +1,24 @@
+rule report:
+    """Stage 6: tables (mean +- std over seeds) and figures of one benchmark."""
+    input:
+        report_inputs,
+    output:
+        table_md=report(REPORT["table_md"], category="Tables", labels={"benchmark": "{benchmark}", "kind": "summary"}),
+        table_csv=REPORT["table_csv"],
+        summary=REPORT["summary"],
+        histograms=report(REPORT["histograms"], caption="../report/histograms.rst", category="Figures",
+                          labels={"benchmark": "{benchmark}", "figure": "score histograms"}),
+        projection=report(REPORT["projection"], caption="../report/projection.rst", category="Figures",
+                          labels={"benchmark": "{benchmark}", "figure": "Fig. 2 projection"}),
+        heatmap=report(REPORT["heatmap"], caption="../report/heatmap.rst", category="Figures",
+                       labels={"benchmark": "{benchmark}", "figure": "FPR95 heatmap"}),
+        nc=report(REPORT["nc"], caption="../report/nc.rst", category="Figures",
+                  labels={"benchmark": "{benchmark}", "figure": "NC metrics"}),
+    log:
+        log_path("report", "{benchmark}"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m fsood report --params params.yaml --benchmark {wildcards.benchmark} --log {log}"
