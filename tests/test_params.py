@@ -51,7 +51,7 @@ def test_shipped_params_are_valid():
         ({"benchmarks.digits.model.depth": 40}, ["benchmarks.digits.model", "'depth' was unexpected"]),
         ({"score.convention": "ood"}, ["score.convention", "'id_positive'"]),
         ({"runtime.device": "tpu"}, ["runtime.device", "'cuda'"]),
-        ({"benchmarks.digits.finetune.stage2_epoch": 99}, ["stage2_epoch=99 exceeds epochs=20"]),
+        ({"benchmarks.digits.finetune.stage2_epoch": 99}, ["stage2_epoch=99 exceeds epochs=12"]),
         ({"score.main": "energy", "score.scores": ["fs"]}, ["score.main='energy' is not in score.scores"]),
         ({"report.projection_ood": "svhn"}, ["report.projection_ood='svhn'", "photo_china"]),
         ({"report.projection_seed": 5}, ["report.projection_seed=5 is not in grid.seeds"]),

@@ -24,15 +24,17 @@ def configure(runtime: dict, seed: int) -> torch.device:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if runtime["deterministic"]:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     want = runtime["device"]
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if runtime["deterministic"] and want == "cuda":
+        # CPU kernels are deterministic for a fixed thread count (tests/test_determinism.py);
+        # the global switch costs ~2 s of imports (torch._inductor) per job, so only on GPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     log.info("device=%s threads=%d precision=%s seed=%d", want, threads, runtime["precision"], seed)
     return torch.device(want)
 

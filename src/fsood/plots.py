@@ -1,0 +1,204 @@
+"""Figures of the report: pure functions from arrays / DataFrames to a matplotlib Figure.
+
+Nothing here reads or writes files; ``fsood.stages.report`` gathers the data and saves
+the figures. Each function's docstring names the paper figure or table it mirrors.
+"""
+from __future__ import annotations
+
+import io
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+ID_COLOUR = "#1f77b4"
+OOD_COLOUR = "#d62728"
+CLASS_COLOURS = ("#1f77b4", "#2ca02c")
+NC_LABELS = {
+    "nc1": "NC1\nTr(Σ_W Σ_B⁺)/C",
+    "nc2_equinorm_means": "NC2 equinorm\n(class means)",
+    "nc2_equiangular_means": "NC2 equiangular\n(class means)",
+    "nc3": "NC3\nself-duality",
+    "nc4": "NC4\nNCC mismatch",
+}
+
+
+def to_png(fig: Figure, dpi: int = 130) -> bytes:
+    """Render and close ``fig``; no 'Software' tag, so the bytes do not depend on the matplotlib version."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def message_figure(text: str, title: str = "") -> Figure:
+    """A placeholder figure that says why there is nothing to draw."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, wrap=True)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def score_histograms(scores: pd.DataFrame, score_name: str, methods: list[str], ood_sets: list[str],
+                     fpr95: dict[tuple[str, str], float] | None = None, subtitle: str = "") -> Figure:
+    """Score distributions, ID test vs each OOD set (the paper's Fig. 1 / Fig. 4 style histograms).
+
+    ``scores``: long DataFrame with columns ``method``, ``set`` ("id_test" or an OOD set), ``score``.
+    One row of panels per method, one column per OOD set; the x axis is shared within a row.
+    ``fpr95``: optional {(method, ood set): FPR95 in %} shown in the panel titles.
+    """
+    n_rows, n_cols = len(methods), len(ood_sets)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.9 * n_cols + 0.6, 2.3 * n_rows + 1.2),
+                             sharex="row", squeeze=False)
+    for r, method in enumerate(methods):
+        rows = scores[scores["method"] == method]
+        values = rows["score"].to_numpy()
+        bins = np.linspace(values.min(), values.max(), 41) if values.size else 40
+        id_scores = rows.loc[rows["set"] == "id_test", "score"]
+        for c, ood in enumerate(ood_sets):
+            ax = axes[r, c]
+            for data, colour in ((id_scores, ID_COLOUR), (rows.loc[rows["set"] == ood, "score"], OOD_COLOUR)):
+                sns.histplot(x=data.to_numpy(), bins=bins, stat="density", element="step", fill=True,
+                             alpha=0.3, color=colour, linewidth=1.2, ax=ax)
+            title = f"{method} | {ood}"
+            if fpr95 and (method, ood) in fpr95:
+                title += f"\nFPR95 {fpr95[method, ood]:.1f}%"
+            ax.set_title(title, fontsize=10)
+            ax.set_ylabel(f"{method}\ndensity" if c == 0 else "", fontweight="bold" if c == 0 else None)
+            ax.set_xlabel(f"{score_name} score" if r == n_rows - 1 else "")
+            ax.tick_params(labelsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=col, alpha=0.5) for col in (ID_COLOUR, OOD_COLOUR)]
+    fig.legend(handles, ["ID test", "OOD set (column)"], loc="upper right", ncol=2, frameon=False,
+               bbox_to_anchor=(0.99, 0.995))
+    fig.suptitle(f"Score '{score_name}' (higher = more ID): ID test vs OOD  {subtitle}".rstrip(),
+                 x=0.01, ha="left", fontsize=12)
+    # Fixed margins in inches (tight_layout takes seconds on a 4 x 5 grid): 0.75 in between rows.
+    height, gap = fig.get_figheight(), 0.75
+    axes_height = (height - 1.6 - gap * (n_rows - 1)) / n_rows
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.55 / height, top=1 - 1.05 / height,
+                        wspace=0.22, hspace=gap / axes_height)
+    return fig
+
+
+def _scatter_sets(ax, points: dict[str, np.ndarray], colours: dict[str, str], **kwargs) -> None:
+    for label, xyz in points.items():
+        is_ood = label.startswith("OOD")
+        ax.scatter(*xyz.T, s=9 if is_ood else 7, alpha=0.45 if is_ood else 0.6, c=colours[label],
+                   marker="x" if is_ood else "o", linewidths=0.8 if is_ood else 0, label=label, **kwargs)
+
+
+def feature_projection(panels: dict[str, dict], caption: str, title: str) -> Figure:
+    """The paper's Fig. 2: features projected onto (w1, w2) and onto (w1, w2, u).
+
+    ``panels``: {method: {"2d": {label: (n, 2)}, "3d": {label: (n, 3)}, "axes": (x, y, z labels)}}.
+    Labels starting with "OOD" are drawn as red crosses, the two ID classes as blue / green dots.
+    Columns are methods, row 1 the 2-D projection, row 2 the 3-D one.
+    """
+    methods = list(panels)
+    n = len(methods)
+    fig = plt.figure(figsize=(5.6 * n + 0.4, 10.6))
+    for col, method in enumerate(methods):
+        spec = panels[method]
+        labels = list(spec["2d"])
+        colours = {lab: (OOD_COLOUR if lab.startswith("OOD") else CLASS_COLOURS[i % 2]) for i, lab in enumerate(labels)}
+        xl, yl, zl = spec["axes"]
+        ax = fig.add_subplot(2, n, col + 1)
+        _scatter_sets(ax, spec["2d"], colours)
+        ax.axhline(0, color="0.5", lw=0.6)
+        ax.axvline(0, color="0.5", lw=0.6)
+        ax.set(xlabel=xl, ylabel=yl, title=f"{method}: 2-D projection onto span(w1, w2)")
+        ax3 = fig.add_subplot(2, n, n + col + 1, projection="3d")
+        _scatter_sets(ax3, spec["3d"], colours, depthshade=False)
+        ax3.set_xlabel(xl, fontsize=9, labelpad=6)
+        ax3.set_ylabel(yl, fontsize=9, labelpad=6)
+        ax3.set_zlabel(zl, fontsize=9, labelpad=6)
+        ax3.tick_params(labelsize=7, pad=1)
+        ax3.view_init(elev=22, azim=-55)
+        ax3.set_box_aspect(None, zoom=1.05)
+        ax3.set_title(f"{method}: 3-D, third axis u ⊥ span(W)", pad=2)
+    handles = [Line2D([], [], ls="", marker="x" if lab.startswith("OOD") else "o", color=col, markersize=7,
+                      label=lab) for lab, col in colours.items()]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 0.955))
+    fig.suptitle(title, fontsize=13, y=0.99)
+    fig.text(0.02, 0.01, textwrap.fill(caption, width=int(14 * fig.get_figwidth())), fontsize=8.5, ha="left",
+             va="bottom")
+    fig.subplots_adjust(left=0.07, right=0.95, top=0.9, bottom=0.1, hspace=0.22, wspace=0.28)
+    return fig
+
+
+def fpr95_heatmap(mean: pd.DataFrame, std: pd.DataFrame | None, title: str) -> Figure:
+    """Methods x OOD sets (and their mean) of FPR95: the paper's Table 1 / Table 2 as a heatmap.
+
+    ``mean`` / ``std``: DataFrames indexed by method, one column per OOD set plus "mean", in %.
+    Lower is better: the colour map is reversed so good cells are light.
+    """
+    annot = mean.map(lambda v: f"{v:.1f}")
+    if std is not None and (std.to_numpy() > 0).any():
+        annot = annot + std.map(lambda v: f"\n±{v:.1f}")
+    fig, ax = plt.subplots(figsize=(1.25 * mean.shape[1] + 2.8, 0.75 * mean.shape[0] + 2.0))
+    sns.heatmap(mean, annot=annot.to_numpy(), fmt="", cmap="rocket_r", vmin=0,
+                vmax=max(float(np.nanmax(mean.to_numpy())), 1.0), linewidths=0.5, linecolor="white",
+                cbar_kws={"label": "FPR95 (%), lower is better"}, annot_kws={"fontsize": 9}, ax=ax)
+    if "mean" in mean.columns:
+        ax.axvline(list(mean.columns).index("mean"), color="white", lw=4)
+    ax.set(xlabel="OOD set", ylabel="method")
+    ax.set_title(title, fontsize=11)
+    ax.tick_params(axis="x", rotation=30)
+    ax.tick_params(axis="y", rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def _label_above(ax, container, stats: pd.DataFrame, fmt: str) -> None:
+    """Write each bar's mean just above its error bar (``stats``: mean and std, one row per bar)."""
+    for patch, (mean, std) in zip(container.patches, stats[["mean", "std"]].fillna(0.0).to_numpy()):
+        ax.annotate(fmt.format(mean), (patch.get_x() + patch.get_width() / 2, mean + std), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7)
+
+
+def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[str], sets: list[str],
+                      subtitle: str = "") -> Figure:
+    """Left: NC1-NC4 of the pretrained model on ID train (Papyan et al.; the paper's Sec. 3 premise).
+    Right: cos(z, span W) of ID test vs each OOD set per method, the paper's Table 7.
+
+    ``nc``: long DataFrame (seed, metric, value); ``separation``: long DataFrame
+    (method, seed, set, cos_to_span). Error bars: std over seeds.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.4), gridspec_kw={"width_ratios": [1, 1.7]})
+    metrics = [m for m in NC_LABELS if m in set(nc["metric"])]
+    sns.barplot(data=nc, x="metric", y="value", order=metrics, errorbar="sd", color="#4c72b0", capsize=0.2,
+                err_kws={"linewidth": 1}, ax=left)
+    nc_stats = nc.groupby("metric")["value"].agg(["mean", "std"]).reindex(metrics)
+    _label_above(left, left.containers[0], nc_stats, "{:.3f}")
+    left.set_xticks(range(len(metrics)), [NC_LABELS[m] for m in metrics], fontsize=8)
+    left.set(xlabel="", ylabel="value (0 = perfect collapse)")
+    left.set_title(f"Neural Collapse of the pretrained model, ID train\n(n seeds = {nc['seed'].nunique()})",
+                   fontsize=11)
+    sns.barplot(data=separation, x="set", y="cos_to_span", hue="method", order=sets, hue_order=methods,
+                errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, palette="deep", ax=right)
+    sep_stats = separation.groupby(["method", "set"])["cos_to_span"].agg(["mean", "std"])
+    for method, container in zip(methods, right.containers):
+        _label_above(right, container, sep_stats.loc[method].reindex(sets), "{:.2f}")
+    right.set_ylim(0, 1.08)
+    right.set(xlabel="", ylabel="mean cos(z, span W) = ||Pz|| / ||z||")
+    right.axvspan(-0.5, 0.5, color="0.92", zorder=0)
+    right.set_title("Feature separation (paper's Table 7): cosine to span(W)\n"
+                    "higher = closer to span(W); separation wants OOD (right) below ID test (shaded)", fontsize=11)
+    right.tick_params(axis="x", rotation=20)
+    right.legend(title="method", loc="upper right", fontsize=8, title_fontsize=9, ncol=len(methods))
+    fig.suptitle(f"Neural Collapse and feature separation  {subtitle}".rstrip(), fontsize=13)
+    fig.tight_layout()
+    return fig

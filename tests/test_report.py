@@ -1,0 +1,248 @@
+"""The report stage on a synthetic results tree: tables, DVC metrics, figures, failures."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fsood import paths
+from fsood.config import validate_params
+from fsood.io import save_npz, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS, SEEDS = ["oe", "sep"], [0, 1]
+OOD_SETS = ["digits_5_9", "photo_china", "gaussian"]  # the schema allows only real set names
+C, D = 3, 8
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["grid"].update(benchmarks=["digits"], methods=list(METHODS), seeds=list(SEEDS))
+    params["benchmarks"] = {"digits": params["benchmarks"]["digits"]}
+    params["benchmarks"]["digits"]["data"]["ood_sets"] = list(OOD_SETS)
+    params["benchmarks"]["digits"]["data"]["id_classes"] = list(range(C))
+    params["report"].update(projection_seed=SEEDS[0], projection_classes=[0, 1], projection_ood="photo_china",
+                            max_points=30)
+    return validate_params(params, "test params")
+
+
+def fake_cache(method: str, seed: int) -> dict[str, np.ndarray]:
+    """ID features cluster along their class weight; OOD sets lie nearer the origin / off span(W)."""
+    rng = np.random.default_rng([seed, len(method)])
+    weight = rng.normal(size=(C, D))
+    labels = np.repeat(np.arange(C), 20)
+    feats = 4.0 * weight[labels] + rng.normal(size=(labels.size, D))
+    cache = {"fc_weight": weight.astype(np.float32), "fc_bias": np.zeros(C, np.float32)}
+    sets = {"id_test": (feats, labels),
+            "digits_5_9": (2.0 * weight[rng.integers(0, C, 50)] + 2.0 * rng.normal(size=(50, D)), None),
+            "photo_china": (rng.normal(size=(50, D)), None),
+            "gaussian": (3.0 * rng.normal(size=(50, D)), None)}
+    for name, (z, y) in sets.items():
+        cache[f"{name}__features"] = z.astype(np.float32)
+        cache[f"{name}__logits"] = (z @ weight.T).astype(np.float32)
+        cache[f"{name}__labels"] = y if y is not None else np.full(len(z), -1, np.int64)
+    return cache
+
+
+def build_tree(root: Path, params: dict, extra_methods=()) -> dict:
+    """results/digits/<method>/seed<s>/{cache.npz,metrics.json} and subspace nc.json; returns metrics."""
+    from fsood import nc
+    from fsood.stages.score import metrics_from_cache  # imports torch: fine in a test
+
+    written = {}
+    for method in [*METHODS, *extra_methods]:
+        for seed in SEEDS:
+            out = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark="digits", method=method, seed=seed)
+            cache = fake_cache(method, seed)
+            metrics = metrics_from_cache(cache, params["score"])
+            metrics.update(cell=f"digits-{method}-{seed}", benchmark="digits", method=method, seed=seed)
+            save_npz(root / out["cache"], cache)
+            write_json(root / out["metrics"], metrics)
+            written[method, seed] = metrics
+    for seed in SEEDS:
+        cache = fake_cache("pretrained", seed)
+        m = nc.nc_metrics(cache["id_test__features"], cache["id_test__labels"], cache["fc_weight"])
+        nc_path = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark="digits", seed=seed)["nc"]
+        write_json(root / nc_path, {k: round(v, 6) for k, v in m.items()})
+    return written
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """Runs the report once in a fresh interpreter, so we can check that torch is never imported."""
+    root = tmp_path_factory.mktemp("report")
+    params = make_params()
+    # A stale cell outside the grid: the report must not pick it up.
+    written = build_tree(root, params, extra_methods=["energy_oe"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    script = "\n".join([
+        "import logging, sys, time, yaml",
+        "from fsood.stages import report",
+        "logging.basicConfig(level=logging.INFO)",
+        "params = yaml.safe_load(open('params.yaml'))",
+        "start = time.perf_counter()",
+        "report.run(params, 'digits')",
+        "print(f'ELAPSED {time.perf_counter() - start:.2f}')",
+        "assert 'torch' not in sys.modules, 'the report imported torch'",
+    ])
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    outputs = paths.files(paths.REPORT_DIR, paths.REPORT_FILES, benchmark="digits")
+    return {"root": root, "params": params, "metrics": written, "files": {k: root / p for k, p in outputs.items()},
+            "log": proc.stderr, "elapsed": float(proc.stdout.split("ELAPSED")[1])}
+
+
+def test_all_outputs_written_and_logged(reported):
+    for key, path in reported["files"].items():
+        assert path.is_file(), key
+        assert f"wrote {path.relative_to(reported['root'])}" in reported["log"]
+    assert sorted(p.name for p in reported["files"]["nc"].parent.iterdir()) == sorted(paths.REPORT_FILES.values())
+
+
+def _values(reported, method: str, score: str, ood_set: str, metric: str) -> np.ndarray:
+    return np.array([reported["metrics"][method, s]["scores"][score][ood_set][metric] for s in SEEDS])
+
+
+def test_summary_csv_mean_std_match_numpy(reported):
+    df = pd.read_csv(reported["files"]["table_csv"])
+    assert list(df.columns) == ["method", "score", "ood_set", "metric", "mean", "std", "n_seeds"]
+    assert set(df["method"]) == set(METHODS)  # not the stale energy_oe cell
+    assert set(df["score"]) == set(reported["params"]["score"]["scores"])
+    for method, score, ood_set, metric in [("sep", "fs", "digits_5_9", "fpr95"), ("oe", "msp", "mean", "auroc"),
+                                           ("sep", "energy", "gaussian", "aupr_out")]:
+        row = df[(df.method == method) & (df.score == score) & (df.ood_set == ood_set) & (df.metric == metric)]
+        assert len(row) == 1
+        vals = _values(reported, method, score, ood_set, metric)
+        assert row["mean"].item() == pytest.approx(vals.mean(), abs=1e-4)
+        assert row["std"].item() == pytest.approx(vals.std(ddof=1), abs=1e-4)
+        assert row["n_seeds"].item() == len(SEEDS)
+    acc = df[(df.method == "oe") & (df.metric == "id_accuracy")]
+    expected = np.array([reported["metrics"]["oe", s]["id_accuracy"] for s in SEEDS])
+    assert acc["mean"].iloc[0] == pytest.approx(expected.mean(), abs=1e-4)
+    assert acc["std"].iloc[0] == pytest.approx(expected.std(ddof=1), abs=1e-4)
+
+
+def test_summary_markdown(reported):
+    text = reported["files"]["table_md"].read_text()
+    convention = reported["metrics"]["oe", 0]["convention"]
+    assert "benchmark `digits`" in text and "2 seed(s)" in text
+    assert convention["fpr95"] in text and "Positive class: **ID**" in text
+    assert "higher score = more ID" in text and "say nothing about" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert len(rows) == len(METHODS) * len(reported["params"]["score"]["scores"])
+    assert [r.split(" | ")[0][2:] for r in rows[:2]] == METHODS  # grid order
+    assert all("**fs**" in r for r in rows[:2])  # main score first
+    assert "energy_oe" not in text
+    mean = _values(reported, "sep", "fs", "digits_5_9", "fpr95")
+    assert f"{mean.mean():.2f} ± {mean.std(ddof=1):.2f}" in rows[1]
+
+
+def test_summary_json_is_flat_dvc_metrics(reported):
+    data = json.loads(reported["files"]["summary"].read_text())
+    assert set(data) == set(METHODS)
+    for method in METHODS:
+        assert set(data[method]) == {"id_accuracy", *reported["params"]["score"]["scores"]}
+        for score in reported["params"]["score"]["scores"]:
+            assert set(data[method][score]) == {"mean"}
+            for metric in ("fpr95", "auroc"):
+                vals = _values(reported, method, score, "mean", metric)
+                entry = data[method][score]["mean"][metric]
+                assert entry["mean"] == pytest.approx(vals.mean(), abs=1e-4)
+                assert entry["std"] == pytest.approx(vals.std(ddof=1), abs=1e-4)
+
+
+@pytest.mark.parametrize("key", ["histograms", "projection", "heatmap", "nc"])
+def test_pngs_are_valid_and_non_trivial(reported, key):
+    data = reported["files"][key].read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 10_000
+
+
+def test_missing_metrics_fails_before_writing(tmp_path, monkeypatch):
+    from fsood.stages import report
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    build_tree(Path("."), params)
+    missing = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark="digits", method="sep", seed=1)["metrics"]
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match="score stage") as err:
+        report.run(params, "digits")
+    assert str(missing) in str(err.value)
+    out = Path(paths.REPORT_DIR.format(benchmark="digits"))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_subspace_nc_names_its_stage(tmp_path, monkeypatch):
+    from fsood.stages import report
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    build_tree(Path("."), params)
+    nc_path = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark="digits", seed=1)["nc"]
+    nc_path.unlink()
+    with pytest.raises(FileNotFoundError, match="subspace stage") as err:
+        report.run(params, "digits")
+    assert str(nc_path) in str(err.value)
+
+
+def test_failed_rerun_keeps_previous_outputs_and_no_temp_files(reported, tmp_path, monkeypatch):
+    """A rerun that fails (stale cell lacking a score) leaves the earlier report intact, no dot files."""
+    from fsood.stages import report
+
+    root = tmp_path / "copy"
+    shutil.copytree(reported["root"], root)
+    monkeypatch.chdir(root)
+    params = copy.deepcopy(reported["params"])
+    before = {p.name: p.read_bytes() for p in Path("reports/digits").iterdir()}
+    metrics_path = Path("results/digits/oe/seed0/metrics.json")
+    stale = json.loads(metrics_path.read_text())
+    del stale["scores"]["msp"]
+    metrics_path.write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="stale"):
+        report.run(params, "digits")
+    after = {p.name: p.read_bytes() for p in Path("reports/digits").iterdir()}
+    assert after == before
+    assert not [n for n in after if n.startswith(".")]
+
+
+def test_projection_methods_prefers_oe_and_sep():
+    from fsood.stages.report import projection_methods
+
+    assert projection_methods(["none", "oe", "energy_oe", "sep"]) == ["oe", "sep"]
+    assert projection_methods(["none", "energy_oe", "sep"]) == ["sep", "energy_oe"]
+    assert projection_methods(["none"]) == []
+
+
+def test_projection_axes_orthonormal_and_third_axis_off_span():
+    from fsood import nc
+    from fsood.stages.report import projection_axes
+
+    cache = fake_cache("oe", 0)
+    axes = projection_axes(cache["fc_weight"], 0, 1, cache["photo_china__features"])
+    np.testing.assert_allclose(axes @ axes.T, np.eye(3), atol=1e-10)
+    w = cache["fc_weight"].astype(np.float64)
+    np.testing.assert_allclose(axes[0], w[0] / np.linalg.norm(w[0]), atol=1e-6)
+    basis = nc.principal_basis(w)
+    assert np.linalg.norm(basis.T @ axes[2]) < 1e-8  # u is orthogonal to span(W)
+
+
+def test_projection_without_fine_tuned_methods_draws_message():
+    from fsood import plots
+    from fsood.stages.report import _projection_figure
+
+    params = make_params()
+    params["grid"]["methods"] = ["none"]
+    fig = _projection_figure(params, "digits", caches={})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "no fine-tuned methods in the grid" in texts
+    assert plots.to_png(fig)[:8] == PNG_MAGIC

@@ -1,0 +1,95 @@
+"""augment_batch and cosine_lr from fsood.train."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsood.train import augment_batch, cosine_lr
+
+
+def _batch(n=8, c=3, h=5, w=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, h, w, generator=g) + 0.1  # strictly positive: padding zeros are visible
+
+
+def _crops(img, p):
+    """All (2p+1)^2 shifted crops of the zero-padded image."""
+    c, h, w = img.shape
+    padded = F.pad(img, (p, p, p, p))
+    return [padded[:, i : i + h, j : j + w] for i in range(2 * p + 1) for j in range(2 * p + 1)]
+
+
+def test_identity_without_padding_or_flip():
+    x = _batch()
+    out = augment_batch(x, padding=0, hflip=False, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_every_output_is_a_shifted_crop(p):
+    x = _batch(n=40, seed=p)
+    out = augment_batch(x, padding=p, hflip=False, generator=torch.Generator().manual_seed(2))
+    assert out.shape == x.shape
+    used = set()
+    for k in range(x.shape[0]):
+        matches = [i for i, crop in enumerate(_crops(x[k], p)) if torch.equal(out[k], crop)]
+        assert len(matches) == 1, f"image {k} is not a crop of its own padded input"
+        used.add(matches[0])
+    assert len(used) > 3  # offsets are random, not one fixed shift
+
+
+def test_crop_plus_flip_is_crop_or_mirrored_crop():
+    p = 2
+    x = _batch(n=40, seed=9)
+    out = augment_batch(x, padding=p, hflip=True, generator=torch.Generator().manual_seed(3))
+    flipped = 0
+    for k in range(x.shape[0]):
+        crops = _crops(x[k], p)
+        plain = any(torch.equal(out[k], c) for c in crops)
+        mirror = any(torch.equal(out[k], c.flip(-1)) for c in crops)
+        assert plain or mirror
+        flipped += mirror and not plain
+    assert 0 < flipped < x.shape[0]
+
+
+def test_hflip_flips_about_half():
+    n = 200
+    x = _batch(n=n, seed=4)
+    out = augment_batch(x, padding=0, hflip=True, generator=torch.Generator().manual_seed(5))
+    n_flipped = 0
+    for k in range(n):
+        same = torch.equal(out[k], x[k])
+        mirror = torch.equal(out[k], x[k].flip(-1))
+        assert same != mirror  # exactly one of the two (random images are not symmetric)
+        n_flipped += mirror
+    assert 60 <= n_flipped <= 140  # Binomial(200, 1/2): mean 100, sd ~7
+
+
+def test_same_seed_same_output():
+    x = _batch(n=30, seed=6)
+    a = augment_batch(x, padding=3, hflip=True, generator=torch.Generator().manual_seed(11))
+    b = augment_batch(x, padding=3, hflip=True, generator=torch.Generator().manual_seed(11))
+    c = augment_batch(x, padding=3, hflip=True, generator=torch.Generator().manual_seed(12))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_input_not_modified():
+    x = _batch(n=10, seed=7)
+    before = x.clone()
+    augment_batch(x, padding=2, hflip=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("lr,lr_min,total", [(0.07, 1e-6, 1000), (0.1, 0.0, 7), (1e-4, 1e-5, 50)])
+def test_cosine_lr_endpoints_and_midpoint(lr, lr_min, total):
+    assert cosine_lr(0, total, lr, lr_min) == pytest.approx(lr, rel=1e-12)
+    assert cosine_lr(total, total, lr, lr_min) == pytest.approx(lr_min, abs=1e-15)
+    assert cosine_lr(total / 2, total, lr, lr_min) == pytest.approx((lr + lr_min) / 2, rel=1e-12)
+    # quarter point: lr_min + (lr - lr_min) * (1 + cos(pi/4)) / 2
+    q = lr_min + (lr - lr_min) * (1 + math.sqrt(0.5)) / 2
+    assert cosine_lr(total / 4, total, lr, lr_min) == pytest.approx(q, rel=1e-12)
+    values = [cosine_lr(s, total, lr, lr_min) for s in range(total + 1)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
