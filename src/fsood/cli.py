@@ -45,10 +45,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(log_file: str | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """The full log goes to ``--log``; the terminal then shows progress bars and warnings only
+    (parallel jobs would otherwise interleave their per-epoch lines)."""
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
+        console.setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

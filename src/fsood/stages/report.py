@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from fsood import nc, paths, plots
 from fsood.io import load_npz, read_json, write_bytes, write_json, write_text
-from fsood.scores import build_detector
+from fsood.evaluation import detector
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +173,10 @@ def summary_json(summary: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------- figure data
 
-def score_options(score_cfg: dict) -> dict[str, dict]:
-    """Detector options, the same as fsood.stages.score.score_cache uses."""
-    return {"fs": {"mean_over_classes": score_cfg["mean_over_classes"]},
-            "abs_cos": {"mean_over_classes": score_cfg["mean_over_classes"]},
-            "energy": {"temperature": score_cfg["energy_temperature"]}}
-
-
 def histogram_frame(caches: dict, methods: list[str], sets: list[str], score_cfg: dict) -> pd.DataFrame:
     """Long DataFrame (method, set, score) of the main score for ID test and each OOD set."""
     main = score_cfg["main"]
-    det = build_detector(main, **score_options(score_cfg).get(main, {}))
+    det = detector(main, score_cfg)
     parts = []
     for method in methods:
         cache = caches[method]
