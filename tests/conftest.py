@@ -27,10 +27,8 @@ def make_workspace(dest: Path, git: bool = True) -> Path:
     return dest
 
 
-def edit_params(workspace: Path, **changes) -> dict:
-    """Apply dotted-key changes to the workspace's params.yaml, e.g. ``{"grid.seeds": [0]}``."""
-    path = workspace / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+def apply_changes(params: dict, **changes) -> dict:
+    """Set (or, with DELETE, remove) dotted keys in place, e.g. ``{"grid.seeds": [0]}``."""
     for dotted, value in changes.items():
         node = params
         *parents, leaf = dotted.split(".")
@@ -40,6 +38,13 @@ def edit_params(workspace: Path, **changes) -> dict:
             del node[leaf]
         else:
             node[leaf] = value
+    return params
+
+
+def edit_params(workspace: Path, **changes) -> dict:
+    """Apply dotted-key changes to the workspace's params.yaml."""
+    path = workspace / "params.yaml"
+    params = apply_changes(yaml.safe_load(path.read_text()), **changes)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

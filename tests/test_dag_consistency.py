@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, edit_params, make_workspace
 
 
@@ -49,3 +51,14 @@ def test_lint_finds_nothing_but_missing_conda_environments():
     findings = set(re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, re.M))
     assert findings <= {"Specify a conda environment or container for each rule.:",
                         "Specify a conda environment or container for each rule."}, findings
+
+
+def test_slurm_profile_dry_run_fans_out_one_job_per_cell():
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="install fsood[dev] for the SLURM plugin")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--workflow-profile", "profiles/slurm", "-n", "-F", "all"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "slurm_account=my_account" in proc.stdout
+    assert len(re.findall(r"^rule finetune:", proc.stdout, re.M)) == 12

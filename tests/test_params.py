@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import DELETE, ROOT, edit_params, make_workspace
+from conftest import DELETE, ROOT, apply_changes, edit_params, make_workspace
 from fsood.cli import main
 from fsood.config import ParamsError, grid_cells, load_params, validate_params
 
@@ -16,17 +16,7 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def changed(**changes) -> dict:
-    params = copy.deepcopy(PARAMS)
-    for dotted, value in changes.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if value is DELETE:
-            del node[leaf]
-        else:
-            node[leaf] = value
-    return params
+    return apply_changes(copy.deepcopy(PARAMS), **changes)
 
 
 def test_shipped_params_are_valid():

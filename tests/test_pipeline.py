@@ -77,3 +77,16 @@ def test_one_cell_rebuilt_by_dvc_alone(finished):
     before = metrics.read_bytes()
     sh(ws, "dvc", "repro", "-f", "-s", "score@digits-oe-0")
     assert metrics.read_bytes() == before
+
+
+def test_snakemake_report_bundles_figures(finished):
+    sh(finished, sys.executable, "-m", "snakemake", "--report", "report.html")
+    html = (finished / "report.html").read_text(errors="replace")
+    assert "projection.png" in html and "fpr95_heatmap.png" in html
+    assert "Fig. 2" in html  # a caption from workflow/report/
+
+
+def test_nothing_to_rerun_after_dvc_rebuilt_a_cell(finished):
+    sh(finished, "dvc", "repro", "-f", "-s", "score@digits-none-0")
+    dry = sh(finished, sys.executable, "-m", "snakemake", "-n", "--cores", "1", "all").stdout
+    assert "Nothing to be done" in dry, dry[-2000:]

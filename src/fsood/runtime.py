@@ -51,16 +51,3 @@ def prepare_model(model: torch.nn.Module, runtime: dict, device: torch.device) -
     if runtime["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def versions() -> dict[str, str]:
-    import platform
-
-    import sklearn
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
