@@ -27,6 +27,7 @@ REPORT_FILES = {
     "projection": "projection.png",
     "heatmap": "fpr95_heatmap.png",
     "nc": "nc_metrics.png",
+    "curves": "training_curves.png",
 }
 
 

@@ -202,3 +202,42 @@ def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[
     fig.suptitle(f"Neural Collapse and feature separation  {subtitle}".rstrip(), fontsize=13)
     fig.tight_layout()
     return fig
+
+
+CURVE_TERMS = {
+    "sep": "L_sep  (Σ_i |cos(z_out, w_i)|)",
+    "clu": "L_clu  (−cos(z_in, w_y))",
+    "oe": "L_OE",
+    "ood_abs_cos": "mean |cos(z_out, w_i)|",
+    "id_train_acc": "ID train accuracy",
+    "total": "total loss",
+}
+
+
+def training_curves(history: pd.DataFrame, methods: list[str], stage2_epoch: int, title: str) -> Figure:
+    """Per-epoch fine-tuning curves (mean and range over seeds), one panel per term.
+
+    The cosine terms are monitored for every method (their gradient only flows for `sep`),
+    so the panels show whether separation moves outliers out of span(W) once stage II starts.
+    """
+    terms = [t for t in CURVE_TERMS if t in history.columns]
+    if history.empty or not terms:
+        return message_figure("no fine-tuning history in the grid", title)
+    ncols = 3
+    nrows = -(-len(terms) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    for ax, term in zip(axes.flat, terms):
+        sns.lineplot(data=history, x="epoch", y=term, hue="method", hue_order=methods, palette=palette,
+                     errorbar=("pi", 100), ax=ax, legend=False)
+        ax.axvline(stage2_epoch - 0.5, color="0.4", ls="--", lw=1)
+        ax.set_title(CURVE_TERMS[term], fontsize=11)
+        ax.set_ylabel("")
+    for ax in axes.flat[len(terms):]:
+        ax.axis("off")
+    handles = [Line2D([], [], color=palette[m], lw=2, label=m) for m in methods]
+    handles.append(Line2D([], [], color="0.4", ls="--", lw=1, label="stage II starts"))
+    fig.suptitle(title, y=0.99, fontsize=13)
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 0.94))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.8, hspace=0.45, wspace=0.25)
+    return fig

@@ -41,4 +41,6 @@ def report_inputs(wildcards):
     files = [paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark=b, method=c.method, seed=c.seed)
              for c in cells]
     nc = [paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=b, seed=s)["nc"] for s in GRID["seeds"]]
-    return [str(f[k]) for f in files for k in ("cache", "metrics")] + [str(p) for p in nc]
+    history = [paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=b, method=c.method, seed=c.seed)["history"]
+               for c in cells]
+    return [str(f[k]) for f in files for k in ("cache", "metrics")] + [str(p) for p in nc + history]

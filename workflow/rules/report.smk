@@ -14,6 +14,8 @@ rule report:
                        labels={"benchmark": "{benchmark}", "figure": "FPR95 heatmap"}),
         nc=report(REPORT["nc"], caption="../report/nc.rst", category="Figures",
                   labels={"benchmark": "{benchmark}", "figure": "NC metrics"}),
+        curves=report(REPORT["curves"], caption="../report/curves.rst", category="Figures",
+                      labels={"benchmark": "{benchmark}", "figure": "training curves"}),
     log:
         log_path("report", "{benchmark}"),
     threads: 1

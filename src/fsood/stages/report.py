@@ -40,6 +40,11 @@ def _cell_file(benchmark: str, method: str, seed: int, key: str):
     return _require(path, "score", f"fsood score --benchmark {benchmark} --method {method} --seed {seed}")
 
 
+def _history_file(benchmark: str, method: str, seed: int):
+    path = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)["history"]
+    return _require(path, "finetune", f"fsood finetune --benchmark {benchmark} --method {method} --seed {seed}")
+
+
 def _nc_file(benchmark: str, seed: int):
     path = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)["nc"]
     return _require(path, "subspace", f"fsood subspace --benchmark {benchmark} --seed {seed}")
@@ -61,12 +66,16 @@ def load_inputs(params: dict, benchmark: str) -> dict:
     metric_files = {cell: _cell_file(benchmark, *cell, "metrics") for cell in cells}
     cache_files = {m: _cell_file(benchmark, m, seed, "cache") for m in cache_methods}
     nc_files = {s: _nc_file(benchmark, s) for s in grid["seeds"]}
+    tuned = [(m, s) for m, s in cells if m != "none"]  # `none` carries the pretraining curve
+    history_files = {cell: _history_file(benchmark, *cell) for cell in tuned}
     metrics = {cell: read_json(p) for cell, p in tqdm(metric_files.items(), desc="report: metrics", unit="cell")}
     caches = {m: load_npz(p) for m, p in tqdm(cache_files.items(), desc=f"report: caches seed {seed}", unit="cell")}
     nc_train = {s: read_json(p) for s, p in nc_files.items()}
+    history = [pd.read_csv(p).assign(method=m, seed=s) for (m, s), p in history_files.items()]
     _check_consistent(metrics, params, benchmark)
     _check_caches(caches, params["benchmarks"][benchmark]["data"]["ood_sets"], benchmark, seed)
-    return {"metrics": metrics, "caches": caches, "nc": nc_train}
+    return {"metrics": metrics, "caches": caches, "nc": nc_train,
+            "history": pd.concat(history, ignore_index=True) if history else pd.DataFrame()}
 
 
 def _check_consistent(metrics: dict, params: dict, benchmark: str) -> None:
@@ -279,6 +288,10 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
         "projection": plots.to_png(_projection_figure(params, benchmark, inputs["caches"])),
         "heatmap": plots.to_png(plots.fpr95_heatmap(wide["mean"], wide["std"], heat_title)),
         "nc": plots.to_png(nc_fig),
+        "curves": plots.to_png(plots.training_curves(
+            inputs["history"], [m for m in grid["methods"] if m != "none"],
+            params["benchmarks"][benchmark]["finetune"]["stage2_epoch"],
+            f"Fine-tuning curves, {benchmark}: mean and range over {n_seeds} seed(s)")),
     }
 
 
