@@ -38,7 +38,7 @@ def test_drop_in_training_step_reduces_separation():
         logits, z = model(torch.cat([x_in, x_out]), return_features=True)
         loss, terms = criterion(logits, z, y_in, model.fc.weight, stage2=True)
         assert set(terms) == {"ce", "oe", "clu", "sep"}
-        seps.append(float(terms["sep"]))
+        seps.append(float(terms["sep"].detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()

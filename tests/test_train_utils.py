@@ -1,6 +1,7 @@
 """augment_batch and cosine_lr from fsood.train."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,3 +94,24 @@ def test_cosine_lr_endpoints_and_midpoint(lr, lr_min, total):
     assert cosine_lr(total / 4, total, lr, lr_min) == pytest.approx(q, rel=1e-12)
     values = [cosine_lr(s, total, lr, lr_min) for s in range(total + 1)]
     assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_non_finite_loss_stops_training_naming_epoch_and_step():
+    from fsood.models import SmallCNN
+    from fsood.train import NonFiniteLoss, train
+
+    calls = {"n": 0}
+
+    def objective(logits, z, labels, epoch):
+        calls["n"] += 1
+        ce = F.cross_entropy(logits, labels)
+        return (ce * float("nan") if calls["n"] == 5 else ce), {"ce": ce}
+
+    cfg = {"epochs": 3, "batch_size": 8, "lr": 0.01, "lr_min": 0.0, "momentum": 0.9, "nesterov": True,
+           "weight_decay": 0.0, "augment": {"crop_padding": 0, "hflip": False}}
+    runtime = {"channels_last": False, "precision": "fp32"}
+    x = np.zeros((16, 1, 8, 8), dtype=np.uint8)
+    y = np.arange(16) % 3
+    with pytest.raises(NonFiniteLoss, match="at epoch 2, step 0"):
+        train(SmallCNN(1, 3, 4, 8), x, y, cfg, runtime, torch.device("cpu"), {"mean": [0.5], "std": [0.5]},
+              objective, seed=0, desc="t")

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fsood.losses import FeatureSeparationLoss, energy_oe_loss, oe_loss
+from fsood.losses import FeatureSeparationLoss, energy_oe_loss
 
 METHODS = ("none", "oe", "energy_oe", "sep")
 
@@ -50,4 +50,4 @@ def make_objective(method: str, cfg: dict, stage2_epoch: int, weight_fn: Callabl
     return objective
 
 
-__all__ = ["METHODS", "make_objective", "pretrain_objective", "oe_loss"]
+__all__ = ["METHODS", "make_objective", "pretrain_objective"]

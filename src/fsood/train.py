@@ -124,7 +124,7 @@ def train(
                 if xo is not None:
                     terms["ood_abs_cos"] = cosine_to_classes(z[n_in:], model.fc.weight).abs().mean()
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * n_in
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n_in
                 correct += int((logits[:n_in].argmax(1) == labels).sum())
                 seen += n_in
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "id_train_acc": correct / seen}
