@@ -78,8 +78,9 @@ def train(
     to_input = normalizer(norm, device)
     xs, ys = torch.from_numpy(id_x), torch.from_numpy(id_y)
     xo = None if outlier_x is None else torch.from_numpy(outlier_x)
-    bs_in = cfg.get("id_batch_size", cfg.get("batch_size"))
-    bs_out = cfg.get("outlier_batch_size", 0)
+    # pretraining has one batch size; fine-tuning zips an ID batch with an outlier batch
+    bs_in = cfg["batch_size"] if xo is None else cfg["id_batch_size"]
+    bs_out = 0 if xo is None else cfg["outlier_batch_size"]
     steps_per_epoch = math.ceil(len(xs) / bs_in)
     total_steps = steps_per_epoch * cfg["epochs"]
     opt = torch.optim.SGD(
@@ -107,7 +108,7 @@ def train(
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device)
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, total_steps, cfg["lr"], cfg.get("lr_min", 0.0))
+                group["lr"] = cosine_lr(step, total_steps, cfg["lr"], cfg["lr_min"])
             with rt.autocast(runtime, device):
                 logits, z = model(inputs, return_features=True)
             logits, z = logits.float(), z.float()
