@@ -12,7 +12,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from fsood.losses import FeatureSeparationLoss
 from fsood.models import SmallCNN, WideResNet
@@ -27,7 +26,6 @@ def throughput(model, shape, batch_in, batch_out, precision, channels_last, step
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     crit = FeatureSeparationLoss()
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else torch.no_grad
     def step():
         if precision == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -38,7 +36,6 @@ def throughput(model, shape, batch_in, batch_out, precision, channels_last, step
         opt.zero_grad()
         loss.backward()
         opt.step()
-    del ctx
     for _ in range(3):
         step()
     start = time.perf_counter()
