@@ -1,6 +1,7 @@
 """Shared fixtures: a throw-away copy of the workflow to run Snakemake / DVC / the CLI in."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,27 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]
 WORKFLOW_DIRS = ["workflow", "profiles", "src", ".dvc"]
+
+
+def mirror_dir() -> Path | None:
+    """The dataset mirror: ``$FSOOD_MIRROR`` (first folder), else ``../shared/data/mirror``; None if absent."""
+    env = os.environ.get("FSOOD_MIRROR", "").split(os.pathsep)[0]
+    for candidate in (Path(env) if env else None, ROOT.parent / "shared" / "data" / "mirror"):
+        if candidate is not None and candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+@pytest.fixture
+def mirror() -> Path:
+    """The mirror folder; skips where none is reachable, except in CI (CI=true), where it fails."""
+    found = mirror_dir()
+    if found is None:
+        reason = "no dataset mirror: set FSOOD_MIRROR to a folder holding the registry's archives"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the real-data tests, but found {reason}")
+        pytest.skip(reason)
+    return found
 
 
 def make_workspace(dest: Path, git: bool = True) -> Path:

@@ -8,19 +8,31 @@ import numpy as np
 
 from fsood.io import atomic_path, load_npz, read_json, save_npz, write_json
 
-from . import digits
+from . import cifar10_mini, digits, registry
 
-BUILDERS = {"digits": digits.build}
+# name -> build(data cfg, fetch) -> (sets, manifest); fetch(source name) -> verified archive
+BUILDERS = {
+    "digits": lambda cfg, fetch: digits.build(cfg),
+    "cifar10-mini": cifar10_mini.build,
+}
 
 
-def materialize(benchmark: str, cfg: dict, out_dir: str | Path) -> dict:
-    """Build the benchmark's sets and write ``<set>.npz`` + ``manifest.json`` atomically."""
+def materialize(benchmark: str, cfg: dict, out_dir: str | Path, datasets_cfg: dict | None = None) -> dict:
+    """Build the benchmark's sets and write ``<set>.npz`` + ``manifest.json`` atomically.
+
+    ``datasets_cfg`` ({mirrors, download_dir}) says where archives are looked up and saved.
+    """
     if benchmark not in BUILDERS:
         raise ValueError(f"unknown benchmark {benchmark!r}; valid: {sorted(BUILDERS)}")
-    sets, manifest = BUILDERS[benchmark](cfg)
+    datasets_cfg = datasets_cfg or {"mirrors": [], "download_dir": "data/downloads"}
+
+    def fetch(source: str) -> Path:
+        return registry.fetch(registry.get_source(source), datasets_cfg["mirrors"], datasets_cfg["download_dir"])
+
+    sets, manifest = BUILDERS[benchmark](cfg, fetch)
     for name, arrays in sets.items():
         manifest["sets"][name].update(
-            count=int(len(arrays["x"])),
+            count=len(arrays["x"]),
             shape=list(arrays["x"].shape[1:]),
             sha256=hashlib.sha256(arrays["x"].tobytes() + arrays["y"].tobytes()).hexdigest(),
         )

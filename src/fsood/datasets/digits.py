@@ -12,9 +12,11 @@ A smoke-scale analog: its numbers say nothing about CIFAR.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+
+from .synthetic import synthetic
 
 SIDE = 8
+DIGIT_BLOBS = {"sigma": (0.0, 0.7, 0.7), "mode": "reflect"}  # 2-D smoothing at 8x8
 
 
 def _to_uint8(x: np.ndarray, vmax: float) -> np.ndarray:
@@ -36,22 +38,6 @@ def _photo_patches(photo: np.ndarray, n: int, patch: int, rng: np.random.Generat
     hi = small.max(axis=(1, 2), keepdims=True)
     stretched = (small - lo) / np.maximum(hi - lo, 1e-9)
     return _to_uint8(stretched, 1.0)[:, None], np.stack([rows, cols], axis=1)
-
-
-def _synthetic(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """The OE paper's synthetic OOD sets, at 8x8 grey."""
-    shape = (n, SIDE, SIDE)
-    if kind == "gaussian":  # N(0.5, 0.25^2) clipped to [0, 1]
-        x = np.clip(rng.normal(0.5, 0.25, size=shape), 0, 1)
-    elif kind == "rademacher":  # +-1 mapped to {0, 1}
-        x = rng.binomial(1, 0.5, size=shape).astype(np.float64)
-    elif kind == "blobs":  # smoothed Bernoulli(0.7) field thresholded at 0.75
-        x = rng.binomial(1, 0.7, size=shape).astype(np.float64)
-        x = np.stack([gaussian_filter(img, sigma=0.7) for img in x])
-        x[x < 0.75] = 0.0
-    else:
-        raise ValueError(f"unknown synthetic set {kind!r}")
-    return _to_uint8(x, 1.0)[:, None]
 
 
 def build(cfg: dict) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
@@ -97,7 +83,7 @@ def build(cfg: dict) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
             sets[name] = {"x": x, "y": np.full(len(x), -1, dtype=np.int64)}
             provenance[name] = {"source": "sklearn sample image china.jpg", "patch_corners": corners.tolist()}
         else:
-            x = _synthetic(name, cfg["n_ood"], rng)
+            x = synthetic(name, cfg["n_ood"], (1, SIDE, SIDE), rng, blobs=DIGIT_BLOBS)
             sets[name] = {"x": x, "y": np.full(len(x), -1, dtype=np.int64)}
             provenance[name] = {"source": f"synthetic {name} (OE paper), numpy PCG64 seed {cfg['split_seed']}"}
 
