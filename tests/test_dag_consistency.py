@@ -39,11 +39,18 @@ def test_default_grid_same_commands_and_outputs():
 
 def test_changed_grid_still_agrees(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    edit_params(ws, **{"grid.methods": ["oe", "sep"], "grid.seeds": [3, 7], "report.projection_seed": 3})
+    edit_params(ws, **{"grid.benchmarks": ["digits", "cifar10-mini"], "grid.methods": ["oe", "sep"],
+                       "grid.seeds": [3, 7], "report.projection_seed": 3})
     sm, dvc = snakemake_jobs(ws), dvc_jobs(ws)
-    assert len(sm) == 1 + 2 + 2 + 4 + 4 + 1
+    assert len(sm) == 2 * (1 + 2 + 2 + 4 + 4 + 1)
     assert sm == dvc
-    assert any("--method sep --seed 7" in cmd for cmd, _ in sm)
+    assert any("--benchmark cifar10-mini --method sep --seed 7" in cmd for cmd, _ in sm)
+    from dvc.repo import Repo
+
+    with Repo(str(ws)) as repo:  # DVC resolves the params of a hyphenated benchmark name
+        status = repo.status()
+    stages = {key.rsplit(":", 1)[-1] for key in status}  # keys read "<path>/dvc.yaml:<stage>"
+    assert {"data@cifar10-mini", "finetune@cifar10-mini-sep-7"} <= stages
 
 
 def test_lint_finds_nothing_but_missing_conda_environments():

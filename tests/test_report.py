@@ -30,7 +30,7 @@ def make_params() -> dict:
     params["benchmarks"] = {"digits": params["benchmarks"]["digits"]}
     params["benchmarks"]["digits"]["data"]["ood_sets"] = list(OOD_SETS)
     params["benchmarks"]["digits"]["data"]["id_classes"] = list(range(C))
-    params["report"].update(projection_seed=SEEDS[0], projection_classes=[0, 1], projection_ood="photo_china",
+    params["report"].update(projection_seed=SEEDS[0], projection_classes=[0, 1], projection_ood={"digits": "photo_china"},
                             max_points=30)
     return validate_params(params, "test params")
 

@@ -60,6 +60,11 @@ def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     return error
 
 
+def num_classes(benchmark: str, bench: dict) -> int:
+    """ID classes of a benchmark, from its params alone (before any data exists)."""
+    return len(bench["data"]["id_classes"]) if benchmark == "digits" else 10
+
+
 def _check_cross_fields(params: dict, source: str) -> None:
     problems = []
     grid = params["grid"]
@@ -79,15 +84,16 @@ def _check_cross_fields(params: dict, source: str) -> None:
         if len(norm["mean"]) != len(norm["std"]):
             problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")
         ood_sets = bench["data"]["ood_sets"]
-        if params["report"]["projection_ood"] not in ood_sets:
+        projection_ood = params["report"]["projection_ood"].get(name)
+        if projection_ood not in ood_sets:
             problems.append(
-                f"report.projection_ood={params['report']['projection_ood']!r} is not an OOD set of "
+                f"report.projection_ood.{name}={projection_ood!r} is not an OOD set of "
                 f"benchmark {name!r} (valid: {ood_sets})"
             )
-        n_classes = len(bench["data"]["id_classes"])
+        n_classes = num_classes(name, bench)
         bad = [c for c in params["report"]["projection_classes"] if c >= n_classes]
         if bad:
-            problems.append(f"report.projection_classes {bad} out of range for {n_classes} ID classes")
+            problems.append(f"report.projection_classes {bad} out of range for {n_classes} ID classes of {name!r}")
     if params["score"]["main"] not in params["score"]["scores"]:
         problems.append(
             f"score.main={params['score']['main']!r} is not in score.scores {params['score']['scores']}"

@@ -11,6 +11,6 @@ log = logging.getLogger(__name__)
 
 def run(params: dict, benchmark: str) -> None:
     out = paths.DATA_DIR.format(benchmark=benchmark)
-    manifest = materialize(benchmark, params["benchmarks"][benchmark]["data"], out)
+    manifest = materialize(benchmark, params["benchmarks"][benchmark]["data"], out, params["datasets"])
     for name, info in manifest["sets"].items():
         log.info("%s: %d samples of shape %s", name, info["count"], info["shape"])
