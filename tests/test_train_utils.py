@@ -115,3 +115,26 @@ def test_non_finite_loss_stops_training_naming_epoch_and_step():
     with pytest.raises(NonFiniteLoss, match="at epoch 2, step 0"):
         train(SmallCNN(1, 3, 4, 8), x, y, cfg, runtime, torch.device("cpu"), {"mean": [0.5], "std": [0.5]},
               objective, seed=0, desc="t")
+
+
+def test_draws_come_from_the_cpu_generator_in_a_fixed_order():
+    """Row offsets, column offsets, then the flip mask: the stream train() relies on, on any device."""
+    p, n, (c, h, w) = 2, 12, (3, 5, 7)
+    x = _batch(n=n, c=c, h=h, w=w, seed=8)
+    out = augment_batch(x, padding=p, hflip=True, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    di = torch.randint(0, 2 * p + 1, (n,), generator=g)
+    dj = torch.randint(0, 2 * p + 1, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    for k in range(n):
+        crop = F.pad(x[k], (p, p, p, p))[:, di[k]:di[k] + h, dj[k]:dj[k] + w]
+        assert torch.equal(out[k], crop.flip(-1) if flip[k] else crop)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_augment_on_cuda_matches_cpu():
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
+    cpu = augment_batch(x, 4, True, torch.Generator().manual_seed(0))
+    gpu = augment_batch(x.cuda(), 4, True, torch.Generator().manual_seed(0))
+    assert gpu.device.type == "cuda"
+    assert torch.equal(cpu, gpu.cpu())

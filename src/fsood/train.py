@@ -1,7 +1,8 @@
 """Training loops for pretraining (CE) and fine-tuning with auxiliary outliers.
 
-Data live in memory as uint8 tensors; batches are index slices of a seeded permutation,
-augmentation runs on whole batches (no per-image Python, no DataLoader workers).
+Data live in memory, on the training device, as uint8 tensors; batches are index slices of
+a seeded permutation, augmentation runs on whole batches (no per-image Python, no DataLoader
+workers).
 """
 from __future__ import annotations
 
@@ -36,17 +37,25 @@ def normalizer(norm: dict, device: torch.device) -> Callable[[Tensor], Tensor]:
 
 
 def augment_batch(x: Tensor, padding: int, hflip: bool, generator: torch.Generator) -> Tensor:
-    """Random crop with zero padding and horizontal flip, for a whole batch at once."""
+    """Random crop with zero padding and horizontal flip, for a whole batch at once.
+
+    The draws come from ``generator`` (a CPU generator) whatever ``x.device`` is, so a run
+    draws the same numbers on any device; the drawn offsets then move to ``x.device``.
+    ``non_blocking``: a blocking copy would wait for all queued GPU work, and this one is
+    safe (CUDA stages a pageable source before returning; nothing writes to it anyway).
+    """
     n, c, h, w = x.shape
+    dev = x.device
     if padding:
         padded = F.pad(x, (padding, padding, padding, padding))
-        di = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dj = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (di[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (dj[:, None] + torch.arange(w))[:, None, None, :]
-        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        di = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev, non_blocking=True)
+        dj = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev, non_blocking=True)
+        rows = (di[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (dj[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        x = padded[torch.arange(n, device=dev)[:, None, None, None],
+                   torch.arange(c, device=dev)[None, :, None, None], rows, cols]
     if hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = (torch.rand(n, generator=generator) < 0.5).to(dev, non_blocking=True)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -74,10 +83,14 @@ def train(
     Returns one history row per epoch: LR, every loss term, ID train accuracy and the
     mean |cos(z, w_i)| of outlier features (how far they reach into span(W)).
     """
+    # The seeded generator and every draw (permutations, crops, flips) stay on the CPU, so a
+    # seed gives the same stream on any device. The uint8 data move to the device once (a
+    # no-op on the CPU): on a GPU, indexing and augmenting there spares a host-to-device copy
+    # of every batch and the CPU work that would otherwise starve the GPU.
     gen = torch.Generator().manual_seed(seed)
     to_input = normalizer(norm, device)
-    xs, ys = torch.from_numpy(id_x), torch.from_numpy(id_y)
-    xo = None if outlier_x is None else torch.from_numpy(outlier_x)
+    xs, ys = torch.from_numpy(id_x).to(device), torch.from_numpy(id_y).to(device)
+    xo = None if outlier_x is None else torch.from_numpy(outlier_x).to(device)
     # pretraining has one batch size; fine-tuning zips an ID batch with an outlier batch
     bs_in = cfg["batch_size"] if xo is None else cfg["id_batch_size"]
     bs_out = 0 if xo is None else cfg["outlier_batch_size"]
@@ -92,18 +105,20 @@ def train(
     bar = tqdm(range(cfg["epochs"]), desc=desc, unit="epoch", mininterval=2.0)
     for epoch in bar:
         model.train()
-        perm = torch.randperm(len(xs), generator=gen)
-        perm_out = None if xo is None else torch.randperm(len(xo), generator=gen)
+        # drawn on the CPU, then one copy per epoch to where the data are (non_blocking: the
+        # source is a fresh tensor that nothing writes to again)
+        perm = torch.randperm(len(xs), generator=gen).to(xs.device, non_blocking=True)
+        perm_out = None if xo is None else torch.randperm(len(xo), generator=gen).to(xo.device, non_blocking=True)
         sums: dict[str, float] = {}
         correct = seen = 0
         for i in range(steps_per_epoch):
             idx = perm[i * bs_in:(i + 1) * bs_in]
             batch, labels = xs[idx], ys[idx]
             if xo is not None:  # cycle through the outliers when they run out
-                oidx = perm_out[(torch.arange(bs_out) + i * bs_out) % len(xo)]
+                oidx = perm_out[(torch.arange(bs_out, device=xo.device) + i * bs_out) % len(xo)]
                 batch = torch.cat([batch, xo[oidx]])
             batch = augment_batch(batch, aug["crop_padding"], aug["hflip"], gen)
-            inputs = to_input(batch.to(device))
+            inputs = to_input(batch.to(device))  # a no-op: the batch is already on the device
             if runtime["channels_last"]:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device)
