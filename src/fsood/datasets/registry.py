@@ -171,8 +171,9 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
 def iter_members(source: Source, archive: str | Path, wanted=None) -> Iterator[tuple[str, bytes]]:
     """Yield ``(path relative to top, bytes)`` for every regular file under the data members.
 
-    Every member of the archive is checked first: absolute paths, ``..`` and links are
-    refused (the whole archive is), since a later extraction would write outside its folder.
+    Every member is checked as the stream passes it: an absolute path, ``..`` or a link
+    refuses the whole archive (an extraction would write outside its folder). Callers write
+    nothing until the pass has finished (``extract`` is atomic; the builders collect first).
     ``wanted(rel) -> bool`` narrows which files are read into memory.
     """
     archive = Path(archive)
