@@ -23,8 +23,7 @@ def mirror_dir() -> Path | None:
     return None
 
 
-@pytest.fixture
-def mirror() -> Path:
+def require_mirror() -> Path:
     """The mirror folder; skips where none is reachable, except in CI (CI=true), where it fails."""
     found = mirror_dir()
     if found is None:
@@ -33,6 +32,11 @@ def mirror() -> Path:
             pytest.fail(f"CI must run the real-data tests, but found {reason}")
         pytest.skip(reason)
     return found
+
+
+@pytest.fixture
+def mirror() -> Path:
+    return require_mirror()
 
 
 def make_workspace(dest: Path, git: bool = True) -> Path:

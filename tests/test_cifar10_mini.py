@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import edit_params, make_workspace
+from conftest import edit_params, make_workspace, require_mirror
 
 from fsood.datasets import cifar10_mini, registry
 from fsood.datasets.cifar10_mini import _pick, _rng, overlap_wnids
@@ -46,13 +46,7 @@ def test_real_archives_verify_from_the_mirror(mirror, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def slice_run(tmp_path_factory):
-    from conftest import mirror_dir
-
-    found = mirror_dir()
-    if found is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI must run the real-data slice, but no dataset mirror was found (set FSOOD_MIRROR)")
-        pytest.skip("no dataset mirror: set FSOOD_MIRROR to a folder holding the registry's archives")
+    found = require_mirror()  # module scope: the function-scoped ``mirror`` fixture cannot serve
     ws = make_workspace(tmp_path_factory.mktemp("c10slice") / "ws")
     bench = "benchmarks.cifar10-mini"
     edit_params(ws, **{"grid.benchmarks": ["cifar10-mini"], "grid.methods": ["none", "oe", "sep"],
