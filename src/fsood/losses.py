@@ -1,10 +1,12 @@
-"""Training objectives: Outlier Exposure, Energy-OE and the paper's two cosine losses.
+"""Training objectives: Outlier Exposure, Energy-OE, DAL's perturbation and the paper's cosine losses.
 
-All functions are vectorised over the batch and return a scalar (batch mean).
+The losses are vectorised over the batch and return a scalar (batch mean).
 Notation follows the paper: ``z`` penultimate features (B, d), ``weight`` the
 classifier matrix W (C, d), ``C`` the number of ID classes.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,43 @@ def separation_loss(
     abs_cos = cosine_to_classes(z_out, weight, detach_weight).abs()
     per_sample = abs_cos.mean(dim=1) if mean_over_classes else abs_cos.sum(dim=1)
     return per_sample.mean()
+
+
+def dal_perturbation(
+    z_out: Tensor,
+    head: Callable[[Tensor], Tensor],
+    init: Tensor,
+    gamma: float,
+    iterations: int = 10,
+    strength: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """DAL's worst-case shift of the outlier embeddings (Wang et al., NeurIPS 2023).
+
+    Starting from ``delta = init``, ``iterations`` steps of normalised gradient ascent on the
+    Lagrangian of the Wasserstein-ball problem
+
+        L_OE(head(z_out + delta)) - gamma * r(delta),    r(delta) = mean_b mean_k |delta_bk|,
+
+    each step ``delta += strength * g_b / ||g_b||_2`` per sample ``b``. ``z_out`` is detached:
+    the search moves only ``delta``, and ``torch.autograd.grad`` leaves the head's ``.grad``
+    alone. As in the authors' code (github.com/QizhouWang/DAL, ``main.py``), r is the mean
+    absolute shift, and the r returned (for the gamma update) is that of the last iterate the
+    ascent evaluated, i.e. before its final step (``init``'s when ``iterations`` is 0).
+    ``F.normalize`` guards a zero gradient (eps 1e-12) where the code would divide by zero.
+
+    Returns ``(delta, r)``, both detached.
+    """
+    base = z_out.detach()
+    delta = init.detach()
+    radius = delta.abs().mean(dim=1).mean()
+    with torch.enable_grad():  # the search needs gradients even under an outer no_grad
+        for _ in range(iterations):
+            delta = delta.detach().requires_grad_(True)
+            radius = delta.abs().mean(dim=1).mean()
+            lagrangian = oe_loss(head(base + delta)) - gamma * radius
+            (grad,) = torch.autograd.grad(lagrangian, [delta])
+            delta = delta.detach() + strength * F.normalize(grad, dim=1)
+    return delta.detach(), radius.detach()
 
 
 class FeatureSeparationLoss(nn.Module):
