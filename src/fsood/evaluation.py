@@ -1,7 +1,11 @@
 """Scores and metrics from a forward-pass cache (numpy only: the report uses it without torch).
 
 A cache holds ``fc_weight``, ``fc_bias`` and, per set (``id_test`` and each OOD set),
-``<set>__logits``, ``<set>__features`` and ``<set>__labels``.
+``<set>__logits``, ``<set>__features`` and ``<set>__labels``. Since the post-hoc detectors
+it also holds ``id_train__{logits,features,labels}`` (a capped ID-train subset that fitted
+detectors learn from; never an OOD set) and, when ODIN is scored, ``<set>__odin`` with
+``odin_temperature`` / ``odin_epsilon``. Older caches without them still give every score
+that needs neither.
 """
 from __future__ import annotations
 
@@ -11,43 +15,81 @@ from fsood import metrics as M
 from fsood import nc
 from fsood.scores import Detector, build_detector
 
+FIT_SET = "id_train"  # the ID-train forward pass fitted detectors learn from
+NOT_OOD = ("id_test", FIT_SET)
+
 
 def detector(name: str, score_cfg: dict) -> Detector:
-    """The detector ``name`` with its options from params' ``score`` section."""
+    """The detector ``name`` with its options from params' ``score`` section (not yet fitted)."""
     options = {
         "fs": {"mean_over_classes": score_cfg["mean_over_classes"]},
         "abs_cos": {"mean_over_classes": score_cfg["mean_over_classes"]},
         "energy": {"temperature": score_cfg["energy_temperature"]},
+        **score_cfg.get("options", {}),
     }
     return build_detector(name, **options.get(name, {}))
 
 
+def fit_detector(det: Detector, cache: dict[str, np.ndarray]) -> Detector:
+    """``det`` fitted on the cache's ID-train pass (a no-op for detectors that need no fit)."""
+    if not det.needs_fit:
+        return det
+    keys = [f"{FIT_SET}__{k}" for k in ("logits", "features", "labels")] + ["fc_weight", "fc_bias"]
+    missing = [k for k in keys if k not in cache]
+    if missing:
+        raise ValueError(f"score {det.name!r} is fitted on ID training statistics, but the cache lacks {missing}: "
+                         "it predates them; rerun the score stage")
+    return det.fit(*(cache[k] for k in keys))
+
+
+def fitted_detector(name: str, score_cfg: dict, cache: dict[str, np.ndarray]) -> Detector:
+    """The detector ``name``, fitted on ``cache`` where it needs ID training statistics."""
+    return fit_detector(detector(name, score_cfg), cache)
+
+
 def cache_sets(cache: dict[str, np.ndarray]) -> list[str]:
-    return sorted({k.split("__")[0] for k in cache if "__" in k} - {"id_test"})
+    """The OOD sets of a cache: every ``<set>__*`` prefix but ID test and ID train."""
+    return sorted({k.split("__")[0] for k in cache if "__" in k} - set(NOT_OOD))
 
 
 def score_cache(cache: dict[str, np.ndarray], score_cfg: dict) -> dict[str, dict[str, np.ndarray]]:
     """{score name: {set name: scores}} for ID test and every OOD set in the cache."""
     out = {}
     for score in score_cfg["scores"]:
-        det = detector(score, score_cfg)
-        out[score] = {
-            name: det.score(cache[f"{name}__logits"], cache[f"{name}__features"], cache["fc_weight"])
-            for name in ["id_test", *cache_sets(cache)]
-        }
+        det = fitted_detector(score, score_cfg, cache)
+        out[score] = {name: det.score_set(cache, name) for name in ["id_test", *cache_sets(cache)]}
     return out
 
 
-def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict) -> dict:
-    """Per-score, per-OOD-set metrics in percent, their mean, ID accuracy and feature separation."""
+def _check_groups(groups: dict[str, list[str]], ood_sets: list[str]) -> None:
+    for group, members in groups.items():
+        if group in ood_sets:
+            raise ValueError(f"metric group {group!r} has the name of an OOD set; sets: {ood_sets}")
+        missing = [s for s in members if s not in ood_sets]
+        if missing:
+            raise ValueError(f"metric group {group!r} names {missing}, which the cache lacks; its OOD sets: {ood_sets}")
+
+
+def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
+                       groups: dict[str, list[str]] | None = None) -> dict:
+    """Per-score, per-OOD-set metrics in percent, group means, ID accuracy and feature separation.
+
+    ``groups`` maps a row name to the OOD sets it averages, e.g. ``{"mean": main sets,
+    "hard_mean": Table 2's hard sets}``; default ``{"mean": every OOD set in the cache}``.
+    A group with no sets gets no row. Every OOD set has its own row either way.
+    """
     pct = lambda v: round(100.0 * v, 4)  # noqa: E731
     ood_sets = cache_sets(cache)
+    groups = {"mean": ood_sets} if groups is None else groups
+    _check_groups(groups, ood_sets)
     result = {"scores": {}}
     for score, per_set in score_cache(cache, score_cfg).items():
         rows = {name: M.ood_metrics(per_set["id_test"], per_set[name], score_cfg["convention"], score_cfg["tpr"])
                 for name in ood_sets}
-        mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in next(iter(rows.values()))}
-        result["scores"][score] = {name: {k: pct(v) for k, v in r.items()} for name, r in {**rows, "mean": mean}.items()}
+        for group, members in groups.items():
+            if members:
+                rows[group] = {k: float(np.mean([rows[s][k] for s in members])) for k in rows[members[0]]}
+        result["scores"][score] = {name: {k: pct(v) for k, v in r.items()} for name, r in rows.items()}
     labels = cache["id_test__labels"]
     result["id_accuracy"] = pct(float((cache["id_test__logits"].argmax(1) == labels).mean()))
     basis = nc.principal_basis(cache["fc_weight"])

@@ -2,11 +2,12 @@
 
 Convention throughout fsood: **higher score = more in-distribution** (the paper's).
 Each detector is a small class in the style of pytorch-ood, but works on the forward
-cache (logits, features, classifier weight) so a model is run once per dataset.
+cache (logits, features, classifier weight) so a model is run once per dataset. The
+detectors fitted on ID training statistics, and ODIN, are in :mod:`fsood.posthoc`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.special import logsumexp, softmax
@@ -49,16 +50,47 @@ def feature_separation_score(
     return msp(logits) + abs_cosine_sum(features, weight, mean_over_classes)
 
 
+DETECTORS: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: make a detector buildable by its params name."""
+    if cls.name in DETECTORS:
+        raise ValueError(f"score name {cls.name!r} registered twice ({DETECTORS[cls.name].__name__}, {cls.__name__})")
+    DETECTORS[cls.name] = cls
+    return cls
+
+
 @dataclass
 class Detector:
-    """Base class: ``score(logits, features, weight)`` returns one value per sample."""
+    """Base class: ``score(logits, features, weight)`` returns one value per sample.
+
+    Detectors with ``needs_fit = True`` learn ID training statistics first, from
+    ``fit(logits, features, labels, weight, bias)``: the ID-train forward pass of the scored
+    model and its classifier (W, b). For the others ``fit`` is a no-op.
+    """
 
     name = "base"
+    needs_fit = False
+
+    def fit(self, logits: np.ndarray, features: np.ndarray, labels: np.ndarray, weight: np.ndarray,
+            bias: np.ndarray) -> Detector:
+        return self
 
     def score(self, logits: np.ndarray, features: np.ndarray, weight: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def score_set(self, cache: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """Scores of set ``name`` of a forward-pass cache (``<name>__logits``, ``__features``, ``fc_weight``)."""
+        return self.score(cache[f"{name}__logits"], cache[f"{name}__features"], cache["fc_weight"])
 
+    def _require_fit(self, state) -> None:
+        if state is None:
+            raise RuntimeError(f"score {self.name!r} is fitted on ID training statistics: "
+                               "call fit(...) before score(...)")
+
+
+@register
 @dataclass
 class MSP(Detector):
     name = "msp"
@@ -67,6 +99,7 @@ class MSP(Detector):
         return msp(logits)
 
 
+@register
 @dataclass
 class Energy(Detector):
     temperature: float = 1.0
@@ -76,6 +109,7 @@ class Energy(Detector):
         return energy(logits, self.temperature)
 
 
+@register
 @dataclass
 class MaxLogit(Detector):
     name = "maxlogit"
@@ -84,6 +118,7 @@ class MaxLogit(Detector):
         return max_logit(logits)
 
 
+@register
 @dataclass
 class AbsCosine(Detector):
     """The cosine term of Eq. 6 alone (ablation: no MSP)."""
@@ -95,6 +130,7 @@ class AbsCosine(Detector):
         return abs_cosine_sum(features, weight, self.mean_over_classes)
 
 
+@register
 @dataclass
 class FeatureSeparation(Detector):
     """The paper's score, Eq. 6."""
@@ -106,13 +142,18 @@ class FeatureSeparation(Detector):
         return feature_separation_score(logits, features, weight, self.mean_over_classes)
 
 
-DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (MSP, Energy, MaxLogit, AbsCosine, FeatureSeparation)
-}
-
-
 def build_detector(name: str, **options) -> Detector:
     """Detector by its params name, e.g. ``build_detector("fs", mean_over_classes=True)``."""
     if name not in DETECTORS:
         raise KeyError(f"unknown score {name!r}; valid: {sorted(DETECTORS)}")
-    return DETECTORS[name](**options)
+    cls = DETECTORS[name]
+    valid = sorted(f.name for f in fields(cls) if f.init)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"score {name!r} has no option(s) {unknown}; valid: {valid}")
+    return cls(**options)
+
+
+# The fitted detectors (ReAct, KNN, Mahalanobis, ViM, NECO, NCI) and ODIN register themselves;
+# imported last because they subclass Detector (either import order works).
+from fsood import posthoc  # noqa: E402,F401

@@ -1,0 +1,294 @@
+"""Post-hoc OOD scores fitted on ID training statistics, plus ODIN read from the cache.
+
+Same convention as :mod:`fsood.scores`: **higher = more in-distribution**. Each detector
+works on cached logits / penultimate features z / classifier (W, b), so the model runs once
+per dataset; ``fit(logits, features, labels, weight, bias)`` receives the ID-train forward
+pass of the *scored* model (``id_train__*`` in the cache). numpy only: the report stage
+imports this without torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+from fsood.scores import Detector, max_logit, register
+
+
+def _fitted():
+    """A dataclass field for state learnt in ``fit`` (not an option: no init, repr or compare)."""
+    return field(default=None, init=False, repr=False, compare=False)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _check_classes(labels: np.ndarray, n_classes: int, who: str) -> None:
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    if len(counts) > n_classes or (counts == 0).any():
+        raise ValueError(f"{who}: ID-train labels must cover classes 0..{n_classes - 1} of W; "
+                         f"counts per label: {counts.tolist()}")
+
+
+@register
+@dataclass
+class ReAct(Detector):
+    """ReAct (Sun et al., NeurIPS 2021): energy of fc(min(z, c)).
+
+    c is the ``percentile``-th percentile (0-100; the paper's 90) of all ID-train activations
+    z (every unit of every sample, as the authors' ``np.percentile(activations.flatten(), 90)``);
+    clipping is from above only. The energy is logsumexp(min(z, c) W^T + b) at T = 1.
+    """
+
+    percentile: float = 90.0
+    name = "react"
+    needs_fit = True
+    threshold: float | None = _fitted()
+    bias: np.ndarray | None = _fitted()
+
+    def __post_init__(self):
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"react: percentile={self.percentile} must lie in (0, 100]")
+
+    def fit(self, logits, features, labels, weight, bias):
+        self.threshold = float(np.percentile(np.asarray(features, dtype=np.float64), self.percentile))
+        self.bias = np.asarray(bias, dtype=np.float64)
+        return self
+
+    def score(self, logits, features, weight):
+        self._require_fit(self.threshold)
+        clipped = np.minimum(np.asarray(features, dtype=np.float64), self.threshold)
+        return logsumexp(clipped @ np.asarray(weight, dtype=np.float64).T + self.bias, axis=1)
+
+
+@register
+@dataclass
+class KNN(Detector):
+    """Deep nearest neighbours (Sun et al., ICML 2022): -||z - z_(k)|| on unit-length features.
+
+    z_(k) is the k-th nearest of the L2-normalised ID-train features (the paper's k = 50 for
+    CIFAR-10). The authors rank by faiss' squared distance; the plain distance ranks the same.
+    Exact search by chunked matmul (||a - b||^2 = 2 - 2 a.b for unit vectors), no faiss.
+    """
+
+    k: int = 50
+    chunk_elements: int = 1 << 22  # similarities held at once (32 MiB of float64)
+    name = "knn"
+    needs_fit = True
+    bank: np.ndarray | None = _fitted()
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"knn: k={self.k} must be >= 1")
+
+    def fit(self, logits, features, labels, weight, bias):
+        if len(features) < self.k:
+            raise ValueError(f"knn: k={self.k} exceeds the {len(features)} ID-train samples "
+                             "(raise score.fit_samples or lower score.options.knn.k)")
+        self.bank = _unit_rows(features)
+        return self
+
+    def score(self, logits, features, weight):
+        self._require_fit(self.bank)
+        z = _unit_rows(features)
+        n = len(self.bank)
+        rows = max(1, self.chunk_elements // n)
+        kth = np.empty(len(z))
+        for start in range(0, len(z), rows):
+            sims = z[start:start + rows] @ self.bank.T
+            kth[start:start + rows] = np.partition(sims, n - self.k, axis=1)[:, n - self.k]  # k-th largest
+        return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
+
+
+@register
+@dataclass
+class Mahalanobis(Detector):
+    """Mahalanobis score (Lee et al., NeurIPS 2018) on the penultimate features.
+
+    Class means mu_c and one shared (tied) covariance Sigma = (1/N) sum_i (z_i - mu_{y_i})(...)^T
+    from ID-train features and their true labels; score = max_c -(z - mu_c)^T Sigma^+ (z - mu_c)
+    (pseudo-inverse, as sklearn's EmpiricalCovariance in the authors' code). This is the
+    feature-only variant: no input preprocessing and no ensemble over layers.
+    """
+
+    name = "mahalanobis"
+    needs_fit = True
+    means: np.ndarray | None = _fitted()
+    precision: np.ndarray | None = _fitted()
+
+    def fit(self, logits, features, labels, weight, bias):
+        z = np.asarray(features, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.int64)
+        _check_classes(labels, len(weight), "mahalanobis")
+        self.means = np.stack([z[labels == c].mean(axis=0) for c in range(len(weight))])
+        centred = z - self.means[labels]
+        self.precision = np.linalg.pinv(centred.T @ centred / len(z), hermitian=True)
+        return self
+
+    def score(self, logits, features, weight):
+        self._require_fit(self.means)
+        z = np.asarray(features, dtype=np.float64)
+        dist = np.stack([((z - mu) @ self.precision * (z - mu)).sum(axis=1) for mu in self.means], axis=1)
+        return -dist.min(axis=1)
+
+
+def vim_dim(feature_dim: int) -> int:
+    """ViM's principal dimension D by the authors' rule: 1000 if d >= 2048, 512 if d >= 768, else d // 2."""
+    return 1000 if feature_dim >= 2048 else 512 if feature_dim >= 768 else feature_dim // 2
+
+
+@register
+@dataclass
+class ViM(Detector):
+    """ViM, virtual-logit matching (Wang et al., CVPR 2022): energy - alpha ||z^{P-perp}||.
+
+    Origin u = -W^+ b; P = the ``dim`` leading eigenvectors of the ID-train covariance of
+    z - u (uncentred, sklearn's ``assume_centered=True``); the residual z^{P-perp} is the part
+    of z - u outside P; alpha = mean max-logit / mean residual norm over ID train. The authors
+    score ``-vlogit + energy`` (higher = ID), which is what this returns. ``dim=None``: the
+    authors' rule, :func:`vim_dim`.
+    """
+
+    dim: int | None = None
+    name = "vim"
+    needs_fit = True
+    origin: np.ndarray | None = _fitted()
+    residual_basis: np.ndarray | None = _fitted()
+    alpha: float | None = _fitted()
+
+    def fit(self, logits, features, labels, weight, bias):
+        z = np.asarray(features, dtype=np.float64)
+        d = z.shape[1]
+        dim = vim_dim(d) if self.dim is None else self.dim
+        if not 0 < dim < d:
+            raise ValueError(f"vim: dim={dim} must lie in 1..{d - 1} for {d}-d features")
+        self.origin = -np.linalg.pinv(np.asarray(weight, dtype=np.float64)) @ np.asarray(bias, dtype=np.float64)
+        x = z - self.origin
+        _, vecs = np.linalg.eigh(x.T @ x / len(x))  # ascending eigenvalues
+        self.residual_basis = vecs[:, : d - dim]
+        residual = np.linalg.norm(x @ self.residual_basis, axis=1)
+        self.alpha = float(max_logit(logits).mean() / residual.mean())
+        return self
+
+    def score(self, logits, features, weight):
+        self._require_fit(self.alpha)
+        residual = np.linalg.norm((np.asarray(features, dtype=np.float64) - self.origin) @ self.residual_basis, axis=1)
+        return logsumexp(np.asarray(logits, dtype=np.float64), axis=1) - self.alpha * residual
+
+
+@register
+@dataclass
+class NECO(Detector):
+    """NECO (Ben Ammar et al., ICLR 2024): ||P_d s(z)|| / ||s(z)||, optionally times MaxLogit.
+
+    s standardises each unit with the ID-train mean and std (sklearn's StandardScaler;
+    ``standardize=False``: s = identity); P_d projects onto the ``dim`` leading principal
+    components of s(ID-train features). As the authors' code (``neco()``, ``resnet`` branch,
+    the one for CNNs like ours), the projection is of s(z) itself: sklearn's PCA subtracts
+    the train mean of s(z), which is zero after standardisation. ``maxlogit=True`` is the
+    authors' ViT / DeiT / Swin variant (score times max logit); its DeiT / Swin quirk of a
+    raw-feature denominator is not reproduced. ``dim=None``: C - 1, the dimension of a simplex
+    ETF of C class means (Neural Collapse, NC2); NECO tunes d per model.
+    """
+
+    dim: int | None = None
+    standardize: bool = True
+    maxlogit: bool = False
+    name = "neco"
+    needs_fit = True
+    mean: np.ndarray | None = _fitted()
+    scale: np.ndarray | None = _fitted()
+    components: np.ndarray | None = _fitted()
+
+    def _standardized(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
+
+    def fit(self, logits, features, labels, weight, bias):
+        z = np.asarray(features, dtype=np.float64)
+        d = z.shape[1]
+        dim = len(weight) - 1 if self.dim is None else self.dim
+        if not 0 < dim <= d:
+            raise ValueError(f"neco: dim={dim} must lie in 1..{d} for {d}-d features")
+        if self.standardize:
+            std = z.std(axis=0)
+            self.mean, self.scale = z.mean(axis=0), np.where(std > 0, std, 1.0)  # sklearn keeps constant units
+        else:
+            self.mean, self.scale = np.zeros(d), np.ones(d)
+        s = self._standardized(z)
+        _, _, vt = np.linalg.svd(s - s.mean(axis=0), full_matrices=False)
+        self.components = vt[:dim]
+        return self
+
+    def score(self, logits, features, weight):
+        self._require_fit(self.components)
+        s = self._standardized(features)
+        ratio = np.linalg.norm(s @ self.components.T, axis=1) / np.maximum(np.linalg.norm(s, axis=1), 1e-12)
+        return ratio * max_logit(logits) if self.maxlogit else ratio
+
+
+@register
+@dataclass
+class NCI(Detector):
+    """NCI (Liu & Qin, "Detecting Out-of-distribution through the Lens of Neural Collapse", CVPR 2025).
+
+    score = w_c . (z - mu_G) / ||z - mu_G|| + alpha ||z||_1, with c the predicted class
+    (argmax logit), w_c its raw (not normalised) weight row and mu_G the mean of the ID-train
+    features, as the authors' OpenOOD postprocessor. The first term is ||w_c|| cos(z - mu_G, w_c).
+    """
+
+    alpha: float = 1e-4
+    name = "nci"
+    needs_fit = True
+    global_mean: np.ndarray | None = _fitted()
+
+    def fit(self, logits, features, labels, weight, bias):
+        self.global_mean = np.asarray(features, dtype=np.float64).mean(axis=0)
+        return self
+
+    def score(self, logits, features, weight):
+        self._require_fit(self.global_mean)
+        z = np.asarray(features, dtype=np.float64)
+        centred = z - self.global_mean
+        w_pred = np.asarray(weight, dtype=np.float64)[np.asarray(logits).argmax(axis=1)]
+        proximity = (centred * w_pred).sum(axis=1) / np.maximum(np.linalg.norm(centred, axis=1), 1e-12)
+        return proximity + self.alpha * np.abs(z).sum(axis=1)
+
+
+def odin_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """max_c softmax(f(x~) / T)_c: ODIN's score once f has run on the perturbed input x~."""
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1).max(axis=1)
+
+
+@register
+@dataclass
+class ODIN(Detector):
+    """ODIN (Liang et al., ICLR 2018): max softmax at temperature T of a perturbed input.
+
+    x~ = x - eps * sign(-grad_x log S_yhat(x; T)) per channel divided by that channel's std,
+    on the normalised input, as the authors' code: a step of eps in [0, 1] pixel units. It
+    needs input gradients, so it cannot come from cached features: the score stage runs it
+    (``fsood.stages.score.odin_scores``) and stores ``<set>__odin`` with the T and eps used
+    (``odin_temperature``, ``odin_epsilon``); this detector reads those.
+    """
+
+    temperature: float = 1000.0
+    epsilon: float = 0.0014
+    name = "odin"
+
+    def score(self, logits, features, weight):
+        raise ValueError("odin needs input gradients, not cached logits: its scores are the cache's "
+                         "<set>__odin entries (use score_set(cache, name))")
+
+    def score_set(self, cache, name):
+        key = f"{name}__odin"
+        if key not in cache or "odin_temperature" not in cache:
+            raise ValueError(f"score 'odin' needs {key!r} in the cache, which only the score stage's ODIN "
+                             "pass writes: list odin in score.scores and rerun the score stage")
+        used = (float(cache["odin_temperature"]), float(cache["odin_epsilon"]))
+        if not np.allclose(used, (self.temperature, self.epsilon), rtol=1e-12, atol=0):
+            raise ValueError(f"the cache's ODIN scores used (temperature, epsilon)={used}, but "
+                             f"score.options.odin asks for {(self.temperature, self.epsilon)}: rerun the score stage")
+        return np.asarray(cache[key], dtype=np.float64)
