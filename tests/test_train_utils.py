@@ -138,3 +138,103 @@ def test_augment_on_cuda_matches_cpu():
     gpu = augment_batch(x.cuda(), 4, True, torch.Generator().manual_seed(0))
     assert gpu.device.type == "cuda"
     assert torch.equal(cpu, gpu.cpu())
+
+
+class LazyImages:
+    """A lazily decoded set as fsood.train sees one: len() and x[int64 index array] -> uint8 (n, C, H, W).
+    Refuses slices and anything but a 1-D int64 array, and records every request."""
+
+    def __init__(self, x: np.ndarray):
+        self.x, self.requests = x, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, indices):
+        assert isinstance(indices, np.ndarray) and indices.dtype == np.int64 and indices.ndim == 1, type(indices)
+        self.requests.append(indices.copy())
+        return self.x[indices].copy()
+
+
+def _fit(id_x, outlier_x, seed=0):
+    from fsood.methods import make_objective
+    from fsood.models import SmallCNN
+    from fsood.train import train
+
+    torch.manual_seed(0)
+    model = SmallCNN(1, 3, 8, 16)
+    cfg = {"epochs": 2, "id_batch_size": 8, "outlier_batch_size": 12, "lr": 0.05, "lr_min": 0.0, "momentum": 0.9,
+           "nesterov": True, "weight_decay": 5e-4, "augment": {"crop_padding": 1, "hflip": True}}
+    sep = {"oe_weight": 0.5, "alpha": 1.0, "beta": 1.0, "detach_weight": True, "mean_over_classes": False}
+    objective = make_objective("sep", sep, 1, lambda: model.fc.weight)
+    y = np.arange(len(id_x)) % 3
+    history = train(model, id_x, y, cfg, {"channels_last": True, "precision": "fp32"}, torch.device("cpu"),
+                    {"mean": [0.5], "std": [0.25]}, objective, seed, outlier_x=outlier_x)
+    return model, history
+
+
+def _tiny_sets():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (37, 1, 8, 8), dtype=np.uint8), rng.integers(0, 256, (29, 1, 8, 8), dtype=np.uint8)
+
+
+def test_lazy_sets_train_to_the_same_weights_as_arrays():
+    x, xo = _tiny_sets()
+    ref, ref_history = _fit(x, xo)
+    lazy_x, lazy_xo = LazyImages(x), LazyImages(xo)
+    got, history = _fit(lazy_x, lazy_xo)
+    assert history == ref_history
+    for key, value in ref.state_dict().items():
+        assert torch.equal(got.state_dict()[key], value), key
+    # one request per step and set: the ID batches of an epoch cover every image once (37 = 4 x 8 + 5)
+    steps = 2 * 5
+    assert len(lazy_x.requests) == len(lazy_xo.requests) == steps
+    assert [len(r) for r in lazy_x.requests[:5]] == [8, 8, 8, 8, 5]
+    assert sorted(np.concatenate(lazy_x.requests[:5]).tolist()) == list(range(37))
+    assert all(len(r) == 12 for r in lazy_xo.requests)
+    # and the weights depend on the seed (the lazy path is not ignoring the draws)
+    other, _ = _fit(LazyImages(x), LazyImages(xo), seed=1)
+    assert not torch.equal(other.state_dict()["fc.weight"], ref.state_dict()["fc.weight"])
+
+
+def test_mixed_array_and_lazy_sets_match_too():
+    x, xo = _tiny_sets()
+    ref, _ = _fit(x, xo)
+    got, _ = _fit(x, LazyImages(xo))
+    for key, value in ref.state_dict().items():
+        assert torch.equal(got.state_dict()[key], value), key
+
+
+def test_forward_pass_reads_index_arrays_and_matches_the_array():
+    from fsood.models import SmallCNN
+    from fsood.train import forward_pass
+
+    x, _ = _tiny_sets()
+    torch.manual_seed(0)
+    model = SmallCNN(1, 3, 8, 16)
+    runtime = {"channels_last": False, "precision": "fp32", "eval_batch_size": 16}
+    norm = {"mean": [0.5], "std": [0.25]}
+    lazy = LazyImages(x)
+    logits, feats = forward_pass(model, lazy, runtime, torch.device("cpu"), norm)
+    ref_logits, ref_feats = forward_pass(model, x, runtime, torch.device("cpu"), norm)
+    assert np.array_equal(logits, ref_logits) and np.array_equal(feats, ref_feats)
+    assert logits.shape == (37, 3) and feats.shape == (37, 16)
+    assert [r.tolist() for r in lazy.requests] == [list(range(16)), list(range(16, 32)), list(range(32, 37))]
+    with torch.no_grad():
+        model.eval()
+        direct = model((torch.from_numpy(x).float() / 255 - 0.5) / 0.25)
+    np.testing.assert_allclose(logits, direct.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_lazy_set_returning_the_wrong_thing_is_named():
+    from fsood.models import SmallCNN
+    from fsood.train import forward_pass
+
+    class Floats(LazyImages):
+        def __getitem__(self, indices):
+            return super().__getitem__(indices).astype(np.float32)
+
+    x, _ = _tiny_sets()
+    runtime = {"channels_last": False, "precision": "fp32", "eval_batch_size": 16}
+    with pytest.raises(TypeError, match=r"Floats\[indices\] must return a uint8 numpy array \(n, C, H, W\) with n=16"):
+        forward_pass(SmallCNN(1, 3, 8, 16), Floats(x), runtime, torch.device("cpu"), {"mean": [0.5], "std": [0.25]})

@@ -1,39 +1,80 @@
-"""Stage 4, finetune: OE, Energy-OE or the paper's separation fine-tuning ("none" keeps the model)."""
+"""Stage 4, finetune: OE, Energy-OE or the paper's separation fine-tuning ("none" keeps the model).
+
+``benchmarks.B.finetune.processes`` > 1 trains data-parallel on one node (fsood.distributed): this
+command spawns the workers itself, or, started by ``torchrun`` (RANK / WORLD_SIZE set), is one of them.
+Rank 0 alone writes the history and the checkpoint.
+"""
 from __future__ import annotations
 
 import torch
 
+from fsood import distributed as dist
 from fsood import paths
 from fsood import runtime as rt
+from fsood.config import method_params
 from fsood.io import load_npz, save_state_dict, write_bytes
 from fsood.methods import make_objective
 from fsood.stages.common import benchmark_data, load_model, write_history
-from fsood.train import train
+from fsood.train import check_shards, train
 
 
 def run(params: dict, benchmark: str, method: str, seed: int) -> None:
-    bench = params["benchmarks"][benchmark]
-    pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
-    out = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)
+    ctx = dist.from_environment()  # set when a launcher (torchrun) started this process
     if method == "none":  # the pretrained model as is, with its own training curve
-        write_bytes(out["history"], pre["history"].read_bytes())
-        write_bytes(out["model"], pre["model"].read_bytes())
+        if ctx is None or ctx.is_main:
+            pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
+            out = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)
+            write_bytes(out["history"], pre["history"].read_bytes())
+            write_bytes(out["model"], pre["model"].read_bytes())
         return
-    device = rt.configure(params["runtime"], seed)
-    data = benchmark_data(benchmark)
-    model = rt.prepare_model(load_model(params, benchmark, data, pre["model"]), params["runtime"], device)
-    mcfg = params["methods"][method]
-    if method == "sep" and mcfg["weight_source"] == "pretrained":
+    cfg = params["benchmarks"][benchmark]["finetune"]
+    processes = cfg["processes"]
+    check_shards(cfg, processes)
+    if ctx is None and processes > 1:
+        # fail before spawning if the backend cannot work on this device
+        device_type = rt.device_type(params["runtime"]["device"])
+        dist.resolve_backend(params["runtime"]["ddp_backend"], torch.device(device_type))
+        dist.launch(finetune, (params, benchmark, method, seed), processes)
+        return
+    ctx = ctx or dist.SINGLE
+    if ctx.world_size != processes:
+        raise ValueError(f"the launcher started {ctx.world_size} processes (WORLD_SIZE) but "
+                         f"benchmarks.{benchmark}.finetune.processes is {processes}; set them equal")
+    dist.quiet_other_ranks(ctx)
+    finetune(ctx, params, benchmark, method, seed)
+
+
+def build_objective(params: dict, benchmark: str, method: str, seed: int, model: torch.nn.Module,
+                    device: torch.device):
+    """The fine-tuning objective: the one place it is built. ``model`` is the plain module (never the
+    DDP wrapper), so ``model.fc`` is the classifier every rank trains."""
+    mcfg = method_params(params, benchmark, method)  # the global values with the benchmark's overrides
+    if mcfg.get("weight_source") == "pretrained":
         basis = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)["basis"]
         frozen = torch.from_numpy(load_npz(basis)["weight"]).float().to(device)
         weight_fn = lambda: frozen  # noqa: E731
     else:
         weight_fn = lambda: model.fc.weight  # noqa: E731
-    objective = make_objective(method, mcfg, bench["finetune"]["stage2_epoch"], weight_fn)
+    stage2_epoch = params["benchmarks"][benchmark]["finetune"]["stage2_epoch"]
+    return make_objective(method, mcfg, stage2_epoch, weight_fn, head_fn=lambda: model.fc, seed=seed)
+
+
+def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed: int) -> None:
+    """Train one cell on this rank (the only one when ``ctx`` is ``dist.SINGLE``)."""
+    bench = params["benchmarks"][benchmark]
+    pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
+    out = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)
+    device = rt.configure(params["runtime"], seed, ctx.world_size, ctx.rank, ctx.local_rank)
+    backend = dist.resolve_backend(params["runtime"]["ddp_backend"], device) if ctx.distributed else None
+    data = benchmark_data(benchmark)
+    model = rt.prepare_model(load_model(params, benchmark, data, pre["model"]), params["runtime"], device)
+    objective = build_objective(params, benchmark, method, seed, model, device)
     x, y = data.load("id_train")
     outliers, _ = data.load("outliers")
-    history = train(model, x, y, bench["finetune"], params["runtime"], device, bench["data"]["normalize"],
-                    objective, seed, outlier_x=outliers, desc=f"finetune {benchmark} {method} seed {seed}")
-    write_history(out["history"], history)
-    save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
-
+    with dist.process_group(ctx, backend, device):
+        history = train(model, x, y, bench["finetune"], params["runtime"], device, bench["data"]["normalize"],
+                        objective, seed, outlier_x=outliers, desc=f"finetune {benchmark} {method} seed {seed}",
+                        ctx=ctx)
+    if ctx.is_main:
+        write_history(out["history"], history)
+        save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
