@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import shutil
 import subprocess
@@ -252,3 +253,63 @@ def test_projection_without_fine_tuned_methods_draws_message():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "no fine-tuned methods in the grid" in texts
     assert plots.to_png(fig)[:8] == PNG_MAGIC
+
+
+def test_paper_comparison_for_a_benchmark_the_paper_does_not_cover(reported):
+    from fsood import paper
+
+    text = reported["files"]["paper_md"].read_text()
+    assert "publishes no numbers for `digits`" in text and "say nothing about" in text
+    assert reported["files"]["paper_csv"].read_text().strip() == ",".join(paper.COLUMNS)
+    assert "paper" not in json.loads(reported["files"]["summary"].read_text())
+
+
+def test_report_sets_published_numbers_beside_the_cells(reported, monkeypatch):
+    """Published entries for the fixture's benchmark (built by hand: the file itself has only the
+    paper's benchmarks) come out beside the seeds' mean, in the CSV, Markdown and summary.json."""
+    from fsood import paper
+    from fsood.stages import report
+
+    monkeypatch.chdir(reported["root"])
+    params = reported["params"]
+    inputs = report.load_inputs(params, "digits")
+    entry = {"table": 2, "method": "oe", "score": "fs", "set": "mean", "fpr95": 10.0, "auroc": 90.0,
+             "convention": "id_positive", "source": "test"}
+    inputs["paper"] = {"source": {"version": "test-version"}, "benchmarks": {"digits": {"entries": [
+        entry, {**entry, "method": "dal"}, {**entry, "method": "sep", "set": "gaussian", "fpr95": None,
+                                            "note": "not published: test"}]}}}
+    outputs = report.build_outputs(params, "digits", inputs)
+    assert set(outputs) == set(paths.REPORT_FILES)
+    df = pd.read_csv(io.StringIO(outputs["paper_csv"]))
+    assert list(df.columns) == paper.COLUMNS and len(df) == 6
+    oe = df[(df.method == "oe") & (df.metric == "fpr95")].iloc[0]
+    vals = _values(reported, "oe", "fs", "mean", "fpr95")
+    assert oe.status == "measured" and oe.n_seeds == len(SEEDS)
+    assert oe.measured_mean == pytest.approx(vals.mean(), abs=1e-4)
+    assert oe.measured_std == pytest.approx(vals.std(ddof=1), abs=1e-4)
+    assert oe.difference == pytest.approx(vals.mean() - 10.0, abs=1e-4)
+    assert set(df[df.method == "dal"].status) == {"not run"}
+    sep = df[(df.method == "sep") & (df.metric == "fpr95")].iloc[0]
+    assert sep.status == "not published"
+    assert sep.measured_mean == pytest.approx(_values(reported, "sep", "fs", "gaussian", "fpr95").mean(), abs=1e-4)
+    assert "test-version" in outputs["paper_md"] and "not run: method 'dal'" in outputs["paper_md"]
+    assert outputs["summary"]["paper"]["oe"]["fs"]["published"] == {"fpr95": 10.0, "auroc": 90.0}
+    assert set(outputs["summary"]) == {*METHODS, "paper"}
+
+
+def test_malformed_published_numbers_stop_the_report_before_writing(tmp_path, monkeypatch):
+    from fsood import paper
+    from fsood.stages import report
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    build_tree(Path("."), params)
+    bad = tmp_path / "paper_results.yaml"
+    bad.write_text(yaml.safe_dump({"source": {"version": "v2"}, "benchmarks": {"cifar10": {"entries": [
+        {"table": 2, "method": "oe", "score": "msp", "set": "svhn", "fpr95": 140.0, "auroc": 99.0,
+         "convention": "id_positive", "source": "v2"}]}}}))
+    monkeypatch.setattr(paper, "PAPER_RESULTS", bad)
+    with pytest.raises(paper.PaperResultsError, match=r"entries\[0\] \(oe/msp/svhn\): fpr95 140.0"):
+        report.run(params, "digits")
+    out = Path(paths.REPORT_DIR.format(benchmark="digits"))
+    assert not out.exists() or not any(out.iterdir())

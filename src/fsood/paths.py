@@ -23,6 +23,8 @@ REPORT_FILES = {
     "table_md": "summary.md",
     "table_csv": "summary.csv",
     "summary": "summary.json",
+    "paper_md": "paper_comparison.md",
+    "paper_csv": "paper_comparison.csv",
     "histograms": "score_histograms.png",
     "projection": "projection.png",
     "heatmap": "fpr95_heatmap.png",

@@ -3,7 +3,8 @@
 Reads only the cells that params.yaml's grid names (never a glob of results/: a stale cell
 must not slip in). Every input is loaded and checked before anything is written; each output
 is then written atomically. Torch is never imported: scores for the histograms are
-recomputed from the cache with ``fsood.scores`` (numpy / scipy only).
+recomputed from the cache with ``fsood.scores`` (numpy / scipy only). The paper's published
+numbers (``fsood.paper``) are set beside the measured ones in paper_comparison.md / .csv.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fsood import nc, paths, plots
+from fsood import nc, paper, paths, plots
+from fsood.config import score_params
 from fsood.io import load_npz, read_json, write_bytes, write_json, write_text
-from fsood.evaluation import detector
+from fsood.evaluation import fitted_detector
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ def load_inputs(params: dict, benchmark: str) -> dict:
     history = [pd.read_csv(p).assign(method=m, seed=s) for (m, s), p in history_files.items()]
     _check_consistent(metrics, params, benchmark)
     _check_caches(caches, params["benchmarks"][benchmark]["data"]["ood_sets"], benchmark, seed)
-    return {"metrics": metrics, "caches": caches, "nc": nc_train,
+    published = paper.load()  # a malformed published entry stops the report before it writes anything
+    return {"metrics": metrics, "caches": caches, "nc": nc_train, "paper": published,
             "history": pd.concat(history, ignore_index=True) if history else pd.DataFrame()}
 
 
@@ -190,12 +193,12 @@ def summary_json(summary: pd.DataFrame) -> dict:
 def histogram_frame(caches: dict, methods: list[str], sets: list[str], score_cfg: dict) -> pd.DataFrame:
     """Long DataFrame (method, set, score) of the main score for ID test and each OOD set."""
     main = score_cfg["main"]
-    det = detector(main, score_cfg)
     parts = []
     for method in methods:
         cache = caches[method]
+        det = fitted_detector(main, score_cfg, cache)  # KNN, ViM, ...: fitted on the cell's ID-train subset
         for name in ["id_test", *sets]:
-            s = det.score(cache[f"{name}__logits"], cache[f"{name}__features"], cache["fc_weight"])
+            s = det.score_set(cache, name)
             parts.append(pd.DataFrame({"method": method, "set": name, "score": s}))
     return pd.concat(parts, ignore_index=True)
 
@@ -284,12 +287,17 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
     n_seeds = len(grid["seeds"])
     heat_title = (f"FPR95 (%) of score '{main}', mean over {n_seeds} seed(s), {benchmark}\n"
                   f"convention: {conv_short}, FPR at {100 * score_cfg['tpr']:g}% TPR")
+    comparison = paper.compare(paper.entries(inputs["paper"], benchmark), metrics, grid["methods"])
+    paper_summary = paper.summary_section(comparison)
     nc_fig = plots.nc_and_separation(_nc_frame(inputs["nc"]), _separation_frame(metrics, ["id_test", *ood_sets]),
                                      grid["methods"], ["id_test", *ood_sets], f"({benchmark}, {n_seeds} seed(s))")
     return {
         "table_csv": summary_csv(summary),
         "table_md": summary_markdown(summary, params, benchmark, convention),
-        "summary": summary_json(summary),
+        "summary": {**summary_json(summary), **({"paper": paper_summary} if paper_summary else {})},
+        "paper_md": paper.comparison_markdown(comparison, inputs["paper"], benchmark, grid["seeds"],
+                                              BENCHMARK_NOTES.get(benchmark)),
+        "paper_csv": paper.comparison_csv(comparison),
         "histograms": plots.to_png(hist),
         "projection": plots.to_png(_projection_figure(params, benchmark, inputs["caches"])),
         "heatmap": plots.to_png(plots.fpr95_heatmap(wide["mean"], wide["std"], heat_title)),
@@ -303,6 +311,7 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
 
 def run(params: dict, benchmark: str) -> None:
     """Read the grid's cells, build every table and figure in memory, then write them atomically."""
+    params = {**params, "score": score_params(params, benchmark)}  # with the benchmark's overrides
     inputs = load_inputs(params, benchmark)
     outputs = build_outputs(params, benchmark, inputs)
     targets = paths.files(paths.REPORT_DIR, paths.REPORT_FILES, benchmark=benchmark)
@@ -316,6 +325,8 @@ def run(params: dict, benchmark: str) -> None:
         log.info("wrote %s", targets[key])
     main = params["score"]["main"]
     for method, entry in outputs["summary"].items():
+        if method == "paper":
+            continue
         log.info("%s %s: mean FPR95 %.2f ± %.2f, AUROC %.2f ± %.2f", benchmark, method,
                  entry[main]["mean"]["fpr95"]["mean"], entry[main]["mean"]["fpr95"]["std"],
                  entry[main]["mean"]["auroc"]["mean"], entry[main]["mean"]["auroc"]["std"])
