@@ -83,22 +83,86 @@ class WideResNet(FeatureClassifier):
         self.fc = nn.Linear(widths[3], num_classes)
 
 
+class ResNet50(FeatureClassifier):
+    """torchvision's ResNet-50 (the paper's ImageNet model): 2048-d features before ``fc``."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        from torchvision.models import resnet50
+
+        if in_channels != 3:
+            raise ValueError(f"resnet50 takes 3 input channels, got {in_channels}")
+        net = resnet50(weights=None)
+        self.fc = nn.Linear(net.fc.in_features, num_classes)
+        net.fc = nn.Sequential(nn.Dropout(dropout)) if dropout else nn.Identity()
+        self.backbone = net
+
+
+ARCHS = ("small_cnn", "wrn", "resnet50")
+
+
 def build_model(cfg: dict, in_channels: int, num_classes: int) -> FeatureClassifier:
-    """Model from a params ``model`` section: ``{arch: small_cnn|wrn, ...}``."""
+    """Model from a params ``model`` section: ``{arch: small_cnn|wrn|resnet50, ...}``."""
     arch = cfg["arch"]
     if arch == "small_cnn":
         return SmallCNN(in_channels, num_classes, cfg["width"], cfg["feature_dim"], cfg["dropout"])
     if arch == "wrn":
         return WideResNet(in_channels, num_classes, cfg["depth"], cfg["widen"], cfg["dropout"])
-    raise ValueError(f"unknown model arch {arch!r}; valid: ['small_cnn', 'wrn']")
+    if arch == "resnet50":
+        return ResNet50(in_channels, num_classes, cfg["dropout"])
+    raise ValueError(f"unknown model arch {arch!r}; valid: {list(ARCHS)}")
 
 
-def load_state(model: nn.Module, path, expect: str = "") -> nn.Module:
-    """Load a plain state dict (``weights_only=True``) and name what does not fit."""
+def import_state(arch: str, state: dict) -> dict:
+    """A published checkpoint's state dict, renamed to fsood's module names.
+
+    * ``wrn``: the OE / energy-OOD code's WideResNet (``conv1``, ``block{1,2,3}.layer.{i}.{bn1,
+      conv1,bn2,conv2,convShortcut}``, ``bn1``, ``fc``), saved with or without DataParallel's
+      ``module.`` prefix. Checkpoints from torch < 0.4.1 lack ``num_batches_tracked``: set to 0.
+    * ``resnet50``: torchvision's names (``conv1`` ... ``layer4``, ``fc``).
+    fsood's own checkpoints pass through unchanged.
+    """
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        return state  # already fsood's names
+    if arch == "resnet50":
+        return {k if k.startswith("fc.") else f"backbone.{k}": v for k, v in state.items()}
+    if arch != "wrn":
+        raise ValueError(f"no checkpoint import for arch {arch!r}")
+    blocks = sorted({int(k.split(".")[2]) for k in state if k.startswith("block1.layer.")})
+    n = len(blocks)
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "conv1":
+            out[f"backbone.0.{parts[1]}"] = value
+        elif parts[0] in ("block1", "block2", "block3"):
+            stage, i = int(parts[0][-1]) - 1, int(parts[2])
+            name = {"convShortcut": "shortcut"}.get(parts[3], parts[3])
+            out[".".join(["backbone", str(1 + stage * n + i), name, *parts[4:]])] = value
+        elif parts[0] == "bn1":
+            out[f"backbone.{1 + 3 * n}.{parts[1]}"] = value
+        elif parts[0] == "fc":
+            out[key] = value
+        else:
+            raise ValueError(f"unexpected key {key!r} in a WideResNet checkpoint")
+    for key in [k for k in out if k.endswith(".running_var")]:
+        out.setdefault(key.replace("running_var", "num_batches_tracked"), torch.tensor(0))
+    return out
+
+
+def load_state(model: nn.Module, path, expect: str = "", arch: str | None = None) -> nn.Module:
+    """Load a plain state dict (``weights_only=True``) and name what does not fit.
+
+    ``arch`` renames a published checkpoint's keys first (``import_state``)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refused or file unreadable
         raise ValueError(f"{path}: not a plain state dict checkpoint ({err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a plain state dict checkpoint (a {type(state).__name__} of non-tensors)")
+    if arch is not None:
+        state = import_state(arch, state)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -6,15 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
-from fsood.io import atomic_path, load_npz, read_json, save_npz, write_json
+from fsood.io import atomic_path, load_npz, read_json, save_npz, write_json, write_text
 
-from . import cifar10_mini, digits, registry
+from . import cifar10_mini, cifar_paper, digits, imagenet, registry
+from .image_files import ImageFiles, list_sha256
 
-# name -> build(data cfg, fetch) -> (sets, manifest); fetch(source name) -> verified archive
+# name -> build(data cfg, fetch) -> (sets, manifest); fetch(source name) -> verified archive.
+# A set is {"x": uint8 (N, C, H, W), "y": int64} or, too large for memory (ImageNet),
+# {"files": [relative paths], "root": folder, "y": int64}: a list decoded lazily (ImageFiles).
 BUILDERS = {
     "digits": lambda cfg, fetch: digits.build(cfg),
     "cifar10-mini": cifar10_mini.build,
+    "cifar10": lambda cfg, fetch: cifar_paper.build("cifar10", cfg, fetch),
+    "cifar100": lambda cfg, fetch: cifar_paper.build("cifar100", cfg, fetch),
+    "imagenet": imagenet.build,
 }
+
+
+def _array_sha256(arrays: dict) -> str:
+    return hashlib.sha256(arrays["x"].tobytes() + arrays["y"].tobytes()).hexdigest()
 
 
 def materialize(benchmark: str, cfg: dict, out_dir: str | Path, datasets_cfg: dict | None = None) -> dict:
@@ -26,20 +36,37 @@ def materialize(benchmark: str, cfg: dict, out_dir: str | Path, datasets_cfg: di
         raise ValueError(f"unknown benchmark {benchmark!r}; valid: {sorted(BUILDERS)}")
     datasets_cfg = datasets_cfg or {"mirrors": [], "download_dir": "data/downloads"}
 
+    fetched: dict[str, dict] = {}
+
     def fetch(source: str) -> Path:
-        return registry.fetch(registry.get_source(source), datasets_cfg["mirrors"], datasets_cfg["download_dir"])
+        src = registry.get_source(source)
+        path = registry.fetch(src, datasets_cfg["mirrors"], datasets_cfg["download_dir"])
+        if source not in fetched:  # what was read, with the hash of the very bytes (DVC records it)
+            fetched[source] = {"file": src.filename, "origin": list(src.urls),
+                               "sha256": registry.recorded_sha256(src, path)}
+        return path
 
     sets, manifest = BUILDERS[benchmark](cfg, fetch)
+    if fetched:
+        manifest.setdefault("sources", fetched)
     for name, arrays in sets.items():
-        manifest["sets"][name].update(
-            count=len(arrays["x"]),
-            shape=list(arrays["x"].shape[1:]),
-            sha256=hashlib.sha256(arrays["x"].tobytes() + arrays["y"].tobytes()).hexdigest(),
-        )
+        if "files" in arrays:
+            manifest["sets"][name].update(
+                kind="files", count=len(arrays["files"]), root=arrays["root"],
+                shape=[3, manifest["image_size"], manifest["image_size"]], resize=manifest["resize"],
+                sha256=list_sha256(arrays["files"], arrays["y"]),
+            )
+        else:
+            manifest["sets"][name].update(count=len(arrays["x"]), shape=list(arrays["x"].shape[1:]),
+                                          sha256=_array_sha256(arrays))
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name, arrays in sets.items():
-            save_npz(tmp / f"{name}.npz", arrays)
+            if "files" in arrays:
+                write_text(tmp / f"{name}.tsv", "".join(
+                    f"{rel}\t{label}\n" for rel, label in zip(arrays["files"], arrays["y"].tolist())))
+            else:
+                save_npz(tmp / f"{name}.npz", arrays)
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
@@ -57,12 +84,21 @@ class BenchmarkData:
         self.in_channels = self.manifest["in_channels"]
         self.ood_sets = self.manifest["ood_sets"]
 
-    def load(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        arrays = load_npz(self.folder / f"{name}.npz")
-        digest = hashlib.sha256(arrays["x"].tobytes() + arrays["y"].tobytes()).hexdigest()
-        if digest != self.manifest["sets"][name]["sha256"]:
+    def load(self, name: str) -> tuple[np.ndarray | ImageFiles, np.ndarray]:
+        """``(x, y)``: x a uint8 array, or an ``ImageFiles`` list for a set decoded lazily."""
+        info = self.manifest["sets"][name]
+        if info.get("kind") == "files":
+            path = self.folder / f"{name}.tsv"
+            rows = [line.split("\t") for line in path.read_text().splitlines()]
+            files, y = [r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64)
+            digest = list_sha256(files, y)
+            x = ImageFiles(info["root"], files, info["shape"][-1], info["resize"])
+        else:
+            path = self.folder / f"{name}.npz"
+            arrays = load_npz(path)
+            x, y, digest = arrays["x"], arrays["y"], _array_sha256(arrays)
+        if digest != info["sha256"]:
             raise ValueError(
-                f"{self.folder / (name + '.npz')}: content hash {digest} does not match the manifest "
-                f"({self.manifest['sets'][name]['sha256']}); rerun the data stage"
+                f"{path}: content hash {digest} does not match the manifest ({info['sha256']}); rerun the data stage"
             )
-        return arrays["x"], arrays["y"]
+        return x, y

@@ -25,6 +25,21 @@ def load_model(params: dict, benchmark: str, data: BenchmarkData, checkpoint: Pa
                       expect=f"({arch}, {data.num_classes} classes)")
 
 
+def published_checkpoint(params: dict, benchmark: str, data: BenchmarkData):
+    """The model of ``pretrain.checkpoint`` (a registry source, e.g. energy_ood's WRN-40-2), verified
+    and renamed to fsood's keys; ``None`` when the benchmark pretrains by itself."""
+    name = params["benchmarks"][benchmark]["pretrain"]["checkpoint"]
+    if name is None:
+        return None
+    from fsood.datasets import registry
+
+    cfg = params["datasets"]
+    path = registry.fetch(registry.get_source(name), cfg["mirrors"], cfg["download_dir"])
+    arch = params["benchmarks"][benchmark]["model"]["arch"]
+    return load_state(model_for(params, benchmark, data), path, arch=arch,
+                      expect=f"({arch}, {data.num_classes} classes, from registry source {name!r})")
+
+
 def write_history(path: str | Path, rows: list[dict]) -> None:
     """Per-epoch CSV for ``dvc plots``; columns are the union of the rows' keys."""
     fields = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]

@@ -1,22 +1,37 @@
 """Stage 2, pretrain: train the ID classifier with cross-entropy."""
 from __future__ import annotations
 
+import logging
+
+from fsood import distributed as dist
 from fsood import paths
 from fsood import runtime as rt
 from fsood.io import save_state_dict
 from fsood.methods import pretrain_objective
-from fsood.stages.common import benchmark_data, model_for, write_history
+from fsood.stages.common import benchmark_data, model_for, published_checkpoint, write_history
 from fsood.train import train
+
+log = logging.getLogger(__name__)
 
 
 def run(params: dict, benchmark: str, seed: int) -> None:
+    ctx = dist.from_environment()
+    if ctx is not None and ctx.distributed:  # every rank would train the same model and write the same file
+        raise ValueError(f"pretrain runs in one process; it was started as rank {ctx.rank} of {ctx.world_size} "
+                         "(data-parallel training is for the finetune stage: benchmarks.B.finetune.processes)")
     bench = params["benchmarks"][benchmark]
-    device = rt.configure(params["runtime"], seed)
+    out = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
     data = benchmark_data(benchmark)
+    model = published_checkpoint(params, benchmark, data)
+    if model is not None:  # the paper fine-tunes from a published model (energy_ood's WRN, torchvision's ResNet-50)
+        log.info("pretrained model: registry source %r (no training)", bench["pretrain"]["checkpoint"])
+        write_history(out["history"], [{"epoch": 0, "checkpoint": bench["pretrain"]["checkpoint"]}])
+        save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
+        return
+    device = rt.configure(params["runtime"], seed)
     x, y = data.load("id_train")
     model = rt.prepare_model(model_for(params, benchmark, data), params["runtime"], device)
     history = train(model, x, y, bench["pretrain"], params["runtime"], device, bench["data"]["normalize"],
                     pretrain_objective(), seed, desc=f"pretrain {benchmark} seed {seed}")
-    out = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
     write_history(out["history"], history)
     save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
