@@ -1,6 +1,7 @@
 """Snakemake and DVC describe the same pipeline: the same commands writing the same files."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -69,3 +70,45 @@ def test_slurm_profile_dry_run_fans_out_one_job_per_cell():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "slurm_account=my_account" in proc.stdout
     assert len(re.findall(r"^rule finetune:", proc.stdout, re.M)) == 12
+
+
+PAPER_GRID = {
+    "grid.benchmarks": ["cifar10", "cifar100", "imagenet"],
+    "grid.methods": ["none", "oe", "energy_oe", "dal", "sep", "oe_clu", "oe_sep", "sep_energy"],
+    "grid.seeds": [0, 1, 2],
+}
+
+
+def test_paper_grid_lists_every_published_cell_and_both_tools_agree(tmp_path):
+    from fsood import paper
+
+    ws = make_workspace(tmp_path / "ws")
+    edit_params(ws, **PAPER_GRID)
+    sm, dvc = snakemake_jobs(ws), dvc_jobs(ws)
+    assert sm == dvc, f"only Snakemake: {sorted(sm - dvc)[:3]}; only DVC: {sorted(dvc - sm)[:3]}"
+    outputs = {out for _, outs in sm for out in outs}
+    published = paper.load()
+    for benchmark in PAPER_GRID["grid.benchmarks"]:
+        methods = {e["method"] for e in paper.entries(published, benchmark)}
+        assert methods, benchmark
+        for method in methods:  # Tables 1, 2, 5 (and 11, 16): every published cell is a job, per seed
+            for seed in PAPER_GRID["grid.seeds"]:
+                assert f"results/{benchmark}/{method}/seed{seed}/metrics.json" in outputs
+        assert f"reports/{benchmark}/paper_comparison.md" in outputs
+
+
+def test_slurm_dry_run_of_the_paper_grid_requests_gpus_per_ddp_process(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="install fsood[dev] for the SLURM plugin")
+    ws = make_workspace(tmp_path / "ws")
+    edit_params(ws, **PAPER_GRID, **{"runtime.device": "cuda", "benchmarks.imagenet.finetune.processes": 4})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ws / "src"), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--workflow-profile", "profiles/slurm", "-n", "-F", "all"],
+                          cwd=ws, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = {}
+    for block in proc.stdout.split("\nrule finetune:")[1:]:
+        wildcards = re.search(r"wildcards: benchmark=(\S+), method=(\S+), seed=(\d+)", block).groups()
+        jobs[wildcards] = int(re.search(r"gpu=(\d+)", block).group(1))
+    assert len(jobs) == 3 * 8 * 3
+    assert jobs[("imagenet", "sep", "0")] == 4 and jobs[("cifar10", "sep", "0")] == 1
+    assert jobs[("imagenet", "none", "0")] == 0  # `none` copies the pretrained model: no GPU

@@ -30,7 +30,7 @@ def test_shipped_params_are_valid():
     [
         ({"grid.methods": ["oe", "sepp"]}, ["grid.methods[1]", "'sepp' is not one of", "'sep'"]),
         ({"grid.benchmarks": ["cifar"]}, ["grid.benchmarks[0]", "'cifar'", "'digits'", "'cifar10-mini'"]),
-        ({"score.scores": ["fs", "odin"]}, ["score.scores[1]", "'odin'", "'maxlogit'"]),
+        ({"score.scores": ["fs", "odinn"]}, ["score.scores[1]", "'odinn'", "'maxlogit'"]),
         ({"benchmarks.digits.finetune.lr": "fast"}, ["benchmarks.digits.finetune.lr", "not of type 'number'"]),
         ({"benchmarks.digits.pretrain.epochs": 2.5}, ["benchmarks.digits.pretrain.epochs", "integer"]),
         ({"methods.sep.alpha": DELETE}, ["methods.sep", "'alpha' is a required property"]),
@@ -52,6 +52,18 @@ def test_shipped_params_are_valid():
         ({"datasets.mirrors": "../shared/data/mirror"}, ["datasets.mirrors", "not of type 'array'"]),
         ({"datasets": DELETE}, ["'datasets' is a required property"]),
         ({"report.projection_seed": 5}, ["report.projection_seed=5 is not in grid.seeds"]),
+        # per-benchmark overrides: only existing keys, of the same type, and the merged section must be valid
+        ({"benchmarks.cifar100.methods.dal": {"betta": 0.1}}, ["benchmarks.cifar100.methods.dal.betta overrides "
+                                                              "nothing", "'beta'"]),
+        ({"benchmarks.cifar10.methods.sep": {"detach_weight": "yes"}},
+         ["benchmarks.cifar10.methods.sep.detach_weight='yes' has type str", "bool"]),
+        ({"benchmarks.imagenet.score": {"options": {"knn": {"k": 0}}}},
+         ["benchmarks.imagenet.score overrides give an invalid score section", "options.knn.k"]),
+        ({"benchmarks.cifar10.pretrain.checkpoint": 5}, ["benchmarks.cifar10.pretrain.checkpoint"]),
+        ({"benchmarks.cifar10.data.hard_ood_sets": ["svhn"]}, ["['svhn'] listed in both ood_sets and hard_ood_sets"]),
+        ({"benchmarks.cifar10.data.hard_ood_sets": ["cifar10"]}, ["'cifar10', its own in-distribution set"]),
+        ({"benchmarks.cifar10.data.ood_sets": ["mnist"]}, ["benchmarks.cifar10.data.ood_sets[0]", "'lsun_fix'"]),
+        ({"benchmarks.imagenet.data.roots": {"imagenet": None}}, ["'imagenet21k' is a required property"]),
     ],
 )
 def test_bad_params_are_refused_with_a_message_naming_them(changes, expected):

@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "losses": ["FeatureSeparationLoss", "clustering_loss", "separation_loss", "oe_loss", "energy_oe_loss",
-               "cosine_to_classes"],
+               "cosine_to_classes", "dal_perturbation"],
     "scores": ["msp", "energy", "max_logit", "abs_cosine_sum", "feature_separation_score", "build_detector",
                "DETECTORS", "Detector", "MSP", "Energy", "MaxLogit", "AbsCosine", "FeatureSeparation"],
     "metrics": ["ood_metrics", "fpr_at_tpr", "auroc", "average_precision", "CONVENTIONS"],
     "nc": ["nc_metrics", "principal_basis", "separation_degrees", "class_means"],
-    "models": ["SmallCNN", "WideResNet", "build_model"],
+    "posthoc": ["ReAct", "KNN", "Mahalanobis", "ViM", "NECO", "NCI", "ODIN"],
+    "methods": ["METHODS", "make_objective", "DALAugmentation"],
+    "models": ["SmallCNN", "WideResNet", "ResNet50", "build_model", "import_state", "load_state"],
     "config": ["load_params", "validate_params", "grid_cells", "ParamsError", "Cell"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def _setup_logging(log_file: str | None) -> None:
     (parallel jobs would otherwise interleave their per-epoch lines)."""
     console = logging.StreamHandler(sys.stderr)
     handlers: list[logging.Handler] = [console]
+    if log_file and os.environ.get("RANK", "0") != "0":
+        log_file = None  # under torchrun only rank 0 writes the job's log (mode "w" would wipe its lines)
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))

@@ -1,6 +1,7 @@
 """params.yaml: loading, validation against the JSON schema, and the benchmark grid."""
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from importlib import resources
@@ -36,8 +37,14 @@ def _where(error: jsonschema.ValidationError) -> str:
     return "".join(parts) or "(top level)"
 
 
+# libyaml's parser where PyYAML has it: the pure-Python one takes ~0.2 s for the schema, which
+# every Snakemake dry run and every CLI call pays (benchmarks/dag_time.py).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=1)
 def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=_LOADER)
 
 
 def validate_params(params: dict, source: str = "params.yaml") -> dict:
@@ -60,9 +67,53 @@ def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     return error
 
 
+NUM_CLASSES = {"cifar10-mini": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
 def num_classes(benchmark: str, bench: dict) -> int:
     """ID classes of a benchmark, from its params alone (before any data exists)."""
-    return len(bench["data"]["id_classes"]) if benchmark == "digits" else 10
+    return len(bench["data"]["id_classes"]) if benchmark == "digits" else NUM_CLASSES[benchmark]
+
+
+def _merged(defaults: dict, overrides: dict) -> dict:
+    """``defaults`` with ``overrides`` applied key by key, nested mappings merged (not replaced)."""
+    out = dict(defaults)
+    for key, value in overrides.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def method_params(params: dict, benchmark: str, method: str) -> dict:
+    """``methods.<method>`` with the benchmark's overrides (``benchmarks.<b>.methods.<method>``) applied."""
+    return _merged(params["methods"][method], params["benchmarks"][benchmark]["methods"].get(method, {}))
+
+
+def score_params(params: dict, benchmark: str) -> dict:
+    """The ``score`` section with the benchmark's overrides (``benchmarks.<b>.score``) applied."""
+    return _merged(params["score"], params["benchmarks"][benchmark]["score"])
+
+
+def _check_overrides(name: str, section: str, overrides: dict, defaults: dict) -> list[str]:
+    """An override may only change an existing key, to a value of the same type."""
+    problems = []
+    for key, value in overrides.items():
+        where = f"benchmarks.{name}.{section}.{key}"
+        if key not in defaults:
+            problems.append(f"{where} overrides nothing (valid keys: {sorted(defaults)})")
+        elif isinstance(defaults[key], dict) or isinstance(value, dict):
+            if not (isinstance(defaults[key], dict) and isinstance(value, dict)):
+                problems.append(f"{where} must be a mapping like the global value")
+            else:
+                problems += _check_overrides(name, f"{section}.{key}", value, defaults[key])
+        elif value is None or defaults[key] is None:
+            continue  # a cap (null = all) against a number: the schema check below decides
+        elif type(value) is not type(defaults[key]) and not (
+            isinstance(value, (int, float)) and isinstance(defaults[key], (int, float))
+            and not isinstance(value, bool) and not isinstance(defaults[key], bool)
+        ):
+            problems.append(f"{where}={value!r} has type {type(value).__name__}, the global value "
+                            f"{defaults[key]!r} has type {type(defaults[key]).__name__}")
+    return problems
 
 
 def _check_cross_fields(params: dict, source: str) -> None:
@@ -83,7 +134,16 @@ def _check_cross_fields(params: dict, source: str) -> None:
         norm = bench["data"]["normalize"]
         if len(norm["mean"]) != len(norm["std"]):
             problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")
-        ood_sets = bench["data"]["ood_sets"]
+        problems += _check_overrides(name, "methods", bench["methods"], params["methods"])
+        problems += _check_overrides(name, "score", bench["score"], params["score"])
+        ood_sets = bench["data"]["ood_sets"] + bench["data"].get("hard_ood_sets", [])
+        if not bench["data"]["ood_sets"]:
+            problems.append(f"benchmarks.{name}.data.ood_sets is empty: the benchmark needs at least one OOD set")
+        overlap = set(bench["data"]["ood_sets"]) & set(bench["data"].get("hard_ood_sets", []))
+        if overlap:
+            problems.append(f"benchmarks.{name}.data: {sorted(overlap)} listed in both ood_sets and hard_ood_sets")
+        if name in ood_sets:
+            problems.append(f"benchmarks.{name}.data lists {name!r}, its own in-distribution set, as OOD")
         projection_ood = params["report"]["projection_ood"].get(name)
         if projection_ood not in ood_sets:
             problems.append(
@@ -102,6 +162,16 @@ def _check_cross_fields(params: dict, source: str) -> None:
         problems.append(
             f"report.projection_seed={params['report']['projection_seed']} is not in grid.seeds {grid['seeds']}"
         )
+    if not problems:  # each benchmark's merged values must still satisfy the global sections' schema
+        schema = _schema()
+        for name in params["benchmarks"]:
+            merged = {"methods": {m: method_params(params, name, m) for m in params["methods"]},
+                      "score": score_params(params, name)}
+            for section, value in merged.items():
+                validator = jsonschema.Draft202012Validator({**schema["properties"][section], "$defs": schema["$defs"]})
+                for err in validator.iter_errors(value):
+                    problems.append(f"benchmarks.{name}.{section} overrides give an invalid {section} section: "
+                                    f"at {_where(err) if err.absolute_path else '(top level)'}: {err.message}")
     if problems:
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -112,7 +182,7 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        params = yaml.safe_load(path.read_text())
+        params = yaml.load(path.read_text(), Loader=_LOADER)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from err
     return validate_params(params, str(path))

@@ -21,6 +21,20 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# Cluster requests (SLURM) where a benchmark needs more than the rules' defaults: ImageNet's
+# file lists, decoded batches and ResNet-50 (5 epochs of 1.28M images + as many outliers).
+HEAVY = {"imagenet": {"mem_mb": 64000, "runtime": 2880}}
+
+
+def scale(benchmark, resource, default):
+    return HEAVY.get(benchmark, {}).get(resource, default)
+
+
+def processes(benchmark):
+    """Data-parallel processes of a benchmark's fine-tuning (finetune.processes; 1 without DDP)."""
+    return config["benchmarks"][benchmark]["finetune"].get("processes", 1)
+
+
 def log_path(stage, *parts):
     return paths.LOG.format(stage=stage, name="-".join(parts))
 
