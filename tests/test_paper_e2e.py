@@ -96,6 +96,11 @@ def test_cifar10_pipeline_on_fabricated_sources(tmp_path):
     start = torch.load(ws / "results/cifar10/pretrain/seed0/model.pt", weights_only=True)
     ours = build_model(model_cfg, 3, 10).state_dict()
     assert set(start) == set(ours)
+    history = (ws / "results/cifar10/pretrain/seed0/history.csv").read_text()
+    checkpoint = files["energy-ood-wrn-cifar10"]
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() in history  # what was loaded, recorded
+    raw = {k.removeprefix("module."): v for k, v in torch.load(checkpoint, weights_only=True).items()}
+    torch.testing.assert_close(start["fc.weight"], raw["fc.weight"])
 
 
 def test_imagenet_pipeline_on_fabricated_sources(tmp_path):

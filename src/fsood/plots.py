@@ -217,7 +217,8 @@ CURVE_TERMS = {
 def training_curves(history: pd.DataFrame, methods: list[str], stage2_epoch: int, title: str) -> Figure:
     """Per-epoch fine-tuning curves (mean and range over seeds), one panel per term.
 
-    The cosine terms are monitored for every method (their gradient only flows for `sep`),
+    The cosine terms are monitored for every method (their gradient flows only for `sep`, `oe_clu`,
+    `oe_sep` and `sep_energy`, and only in stage II),
     so the panels show whether separation moves outliers out of span(W) once stage II starts.
     """
     terms = [t for t in CURVE_TERMS if t in history.columns]

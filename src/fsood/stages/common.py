@@ -27,17 +27,20 @@ def load_model(params: dict, benchmark: str, data: BenchmarkData, checkpoint: Pa
 
 def published_checkpoint(params: dict, benchmark: str, data: BenchmarkData):
     """The model of ``pretrain.checkpoint`` (a registry source, e.g. energy_ood's WRN-40-2), verified
-    and renamed to fsood's keys; ``None`` when the benchmark pretrains by itself."""
+    and renamed to fsood's keys, with what was loaded (name, file, sha256); ``None`` when the
+    benchmark pretrains by itself."""
     name = params["benchmarks"][benchmark]["pretrain"]["checkpoint"]
     if name is None:
         return None
     from fsood.datasets import registry
 
     cfg = params["datasets"]
-    path = registry.fetch(registry.get_source(name), cfg["mirrors"], cfg["download_dir"])
+    source = registry.get_source(name)
+    path = registry.fetch(source, cfg["mirrors"], cfg["download_dir"])
     arch = params["benchmarks"][benchmark]["model"]["arch"]
-    return load_state(model_for(params, benchmark, data), path, arch=arch,
-                      expect=f"({arch}, {data.num_classes} classes, from registry source {name!r})")
+    model = load_state(model_for(params, benchmark, data), path, arch=arch,
+                       expect=f"({arch}, {data.num_classes} classes, from registry source {name!r})")
+    return model, {"checkpoint": name, "file": source.filename, "sha256": registry.recorded_sha256(source, path)}
 
 
 def write_history(path: str | Path, rows: list[dict]) -> None:

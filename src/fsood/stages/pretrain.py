@@ -22,10 +22,11 @@ def run(params: dict, benchmark: str, seed: int) -> None:
     bench = params["benchmarks"][benchmark]
     out = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
     data = benchmark_data(benchmark)
-    model = published_checkpoint(params, benchmark, data)
-    if model is not None:  # the paper fine-tunes from a published model (energy_ood's WRN, torchvision's ResNet-50)
-        log.info("pretrained model: registry source %r (no training)", bench["pretrain"]["checkpoint"])
-        write_history(out["history"], [{"epoch": 0, "checkpoint": bench["pretrain"]["checkpoint"]}])
+    published = published_checkpoint(params, benchmark, data)
+    if published is not None:  # the paper fine-tunes from a published model (energy_ood's WRN, torchvision's ResNet-50)
+        model, loaded = published
+        log.info("pretrained model: %s (no training)", loaded)
+        write_history(out["history"], [{"epoch": 0, **loaded}])  # the checkpoint's hash, git-tracked
         save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
         return
     device = rt.configure(params["runtime"], seed)
