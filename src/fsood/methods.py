@@ -119,6 +119,14 @@ class DALAugmentation:
         return {"oe_aug": oe_loss(head(z_out + delta)), "dal_gamma": z_out.new_tensor(gamma),
                 "dal_radius": radius}
 
+    def state_dict(self) -> dict:
+        """What changes across steps (gamma, the search-start generator): a resumed run continues it."""
+        return {"gamma": self.gamma, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gamma = float(state["gamma"])
+        self.generator.set_state(state["generator"])
+
 
 def make_objective(
     method: str,
@@ -132,7 +140,8 @@ def make_objective(
 
     ``cfg`` is the method's params section (``CONFIG_KEYS``). ``dal`` also needs ``head_fn``,
     giving the classifier head that maps features to logits (``lambda: model.fc``), and uses
-    ``seed`` for its search starts; the other methods ignore both.
+    ``seed`` for its search starts; the other methods ignore both. A stateful objective (``dal``)
+    carries ``state_dict()`` / ``load_state_dict()``, which fsood.train saves and restores on resume.
     """
     if method not in METHODS or method == "none":
         raise ValueError(f"no training objective for method {method!r}; valid: {list(METHODS[1:])}")
@@ -165,6 +174,8 @@ def make_objective(
             total = total + weight * terms[term]
         return total, {k: v.detach() for k, v in terms.items()}
 
+    if augment is not None:
+        objective.state_dict, objective.load_state_dict = augment.state_dict, augment.load_state_dict
     return objective
 
 

@@ -5,12 +5,18 @@ or a lazily decoded set (ImageNet; :class:`ImageSet`) indexed on the host batch 
 background thread prefetches the next batch. Batches are index slices of a seeded permutation;
 augmentation runs on whole batches on the device (no per-image Python, no DataLoader workers).
 With several processes (fsood.distributed) each rank trains on its shard of every global batch.
+A run given a :class:`Resume` saves its whole state after every epoch and, restarted after a crash or a
+SIGKILL, continues from the last saved epoch to the same bytes as a run that was never interrupted.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import random
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
@@ -39,6 +45,131 @@ class ImageSet(Protocol):
 
 class NonFiniteLoss(FloatingPointError):
     pass
+
+
+RESUME_DIR = ".fsood/resume"  # outside every DVC output and dependency (gitignored, dvcignored)
+RESUME_FORMAT = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Resume:
+    """A training run's resume checkpoint: where it lives and what it was made for.
+
+    ``key`` fingerprints everything that decides the run's result (the cell, its params, the
+    hashes of its input files, the torch version): a file with another key belongs to another run
+    and is never resumed from. :func:`train` writes the file after every epoch (rank 0, atomically)
+    and reads it on start; the stage calls :meth:`clear` once its outputs are written.
+    """
+
+    def __init__(self, path: str | Path, key: str):
+        self.path, self.key = Path(path), key
+
+    @classmethod
+    def for_cell(cls, stage: str, benchmark: str, method: str, seed: int, settings: dict,
+                 inputs: list[str | Path]) -> Resume:
+        """``.fsood/resume/<stage>-<benchmark>-<method>-<seed>.pt``, keyed by ``settings`` (JSON-able
+        params) and the sha256 of each file in ``inputs``."""
+        fingerprint = {"stage": stage, "benchmark": benchmark, "method": method, "seed": seed,
+                       "settings": settings, "torch": torch.__version__, "format": RESUME_FORMAT,
+                       "inputs": {str(p): file_sha256(p) for p in inputs}}
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        return cls(Path(RESUME_DIR) / f"{stage}-{benchmark}-{method}-{seed}.pt", key)
+
+    def read(self, epochs: int) -> tuple[dict | None, str | None]:
+        """(state, None) for a usable file; (None, why) for a corrupt, foreign or stale one; (None, None)
+        when there is none. Loads with ``weights_only=True``: a resume file is data, never code."""
+        if not self.path.is_file():
+            return None, None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, corrupt, not a torch file: restart, never crash
+            return None, f"unreadable ({type(err).__name__}: {err})"
+        if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+            return None, f"not a resume checkpoint of format {RESUME_FORMAT}"
+        if state.get("key") != self.key:
+            return None, "made for other params or inputs"
+        if not (isinstance(state.get("epoch"), int) and 0 <= state["epoch"] < epochs):
+            return None, f"its epoch {state.get('epoch')!r} is not in [0, {epochs})"
+        return state, None
+
+    def save(self, state: dict) -> None:
+        from fsood.io import save_state_dict
+
+        save_state_dict(self.path, {"format": RESUME_FORMAT, "key": self.key, **state})
+
+    def clear(self) -> None:
+        """Delete the file: the run finished and wrote its outputs (or the file is unusable)."""
+        self.path.unlink(missing_ok=True)
+
+
+def _rng_state(device: torch.device) -> dict:
+    """The global RNGs (dropout and anything else drawing from them), in types ``weights_only`` loads."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                      has_gauss, gauss],
+             "python": [version, list(internal), gauss_next]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _load_resume(resume: Resume, epochs: int, ctx: dist.Context, device: torch.device, desc: str) -> dict | None:
+    """The resume state every rank continues from, or None (start from epoch 0). All ranks read the file
+    and resume only if all of them could; then rank 0 deletes an unusable file (after every rank read it)."""
+    state, problem = resume.read(epochs)
+    if ctx.distributed:
+        usable = dist.all_reduce_sum([float(state is not None)], ctx, device)[0] == ctx.world_size
+        if not usable and state is not None:
+            state, problem = None, "another rank could not read it"
+        if state is not None and len(state["rng"]) != ctx.world_size:
+            state, problem = None, f"it holds {len(state['rng'])} ranks' RNG states, not {ctx.world_size}"
+    if problem is not None and ctx.is_main:
+        log.warning("%s: ignoring the resume file %s (%s); deleting it and training from epoch 0",
+                    desc, resume.path, problem)
+        resume.clear()
+    if state is not None and ctx.is_main:
+        log.info("%s: resuming from %s after epoch %d", desc, resume.path, state["epoch"])
+    return state
+
+
+def _save_resume(resume: Resume, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                 objective: Objective, epoch: int, step: int, history: list[dict], ctx: dist.Context,
+                 device: torch.device, desc: str) -> None:
+    """Rank 0 writes the state after ``epoch`` (every rank's RNG states, gathered); weights that are no
+    longer finite are not saved, so the last good file stays and a rerun never resumes into NaN."""
+    rng = _rng_state(device)
+    if ctx.distributed:
+        gathered: list = [None] * ctx.world_size
+        torch.distributed.all_gather_object(gathered, rng)
+    else:
+        gathered = [rng]
+    if not ctx.is_main:
+        return
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        log.warning("%s: weights are not finite after epoch %d; keeping the last resume file", desc, epoch)
+        return
+    objective_state = objective.state_dict() if hasattr(objective, "state_dict") else None
+    resume.save({"epoch": epoch, "step": step, "history": history, "generator": gen.get_state(), "rng": gathered,
+                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "optimizer": opt.state_dict(), "objective": objective_state})
 
 
 def normalizer(norm: dict, device: torch.device) -> Callable[[Tensor], Tensor]:
@@ -180,6 +311,7 @@ def train(
     outlier_x: np.ndarray | ImageSet | None = None,
     desc: str = "train",
     ctx: dist.Context = dist.SINGLE,
+    resume: Resume | None = None,
 ) -> list[dict]:
     """SGD (Nesterov) with per-step cosine LR; one outlier batch zipped with each ID batch.
 
@@ -191,6 +323,11 @@ def train(
     its size; every rank draws the same permutations and augmentation numbers and trains on the
     shard ``rank::world`` of the batch's ID part and of its outlier part (see fsood.distributed).
     A last ID batch with fewer images than ranks is skipped (one rank would have none).
+
+    ``resume``: after every epoch, save the model, optimizer, CPU generator, global RNG states (every
+    rank's), step counter, history and the objective's ``state_dict()`` (DAL's gamma) there; on start,
+    continue after the epoch a matching file holds. A corrupt, foreign or stale file is ignored with a
+    warning and deleted. Resumed on the same device and thread count, the run ends with the same bytes.
     """
     # The seeded generator and every draw (permutations, crops, flips) stay on the CPU, so a
     # seed gives the same stream on any device and on every rank. Array data move to the device
@@ -212,14 +349,24 @@ def train(
             log.warning("%s: the last ID batch of each epoch (%d images) is skipped: fewer than %d ranks",
                         desc, len(xs) % bs_in, ctx.world_size)
     total_steps = steps_per_epoch * cfg["epochs"]
+    state = None if resume is None else _load_resume(resume, cfg["epochs"], ctx, device, desc)
+    if state is not None:  # before the DDP wrapper, which broadcasts rank 0's weights when built
+        model.load_state_dict(state["model"])
     net = dist.wrap(model, ctx, device)  # forward through DDP; model.fc stays the classifier
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
         nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
     )
     aug = cfg["augment"]
-    history, step = [], 0
-    bar = tqdm(range(cfg["epochs"]), desc=desc, unit="epoch", mininterval=2.0, disable=not ctx.is_main)
+    history, step, first_epoch = [], 0, 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        _set_rng_state(state["rng"][ctx.rank], device)
+        if state["objective"] is not None:
+            objective.load_state_dict(state["objective"])
+        history, step, first_epoch = state["history"], state["step"], state["epoch"] + 1
+    bar = tqdm(range(first_epoch, cfg["epochs"]), desc=desc, unit="epoch", mininterval=2.0, disable=not ctx.is_main)
     with ThreadPoolExecutor(1, thread_name_prefix="fsood-prefetch") as prefetch:
         for epoch in bar:
             net.train()
@@ -276,6 +423,8 @@ def train(
             bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['id_train_acc']:.3f}")
             if ctx.is_main:
                 log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 5) for k, v in row.items()})
+            if resume is not None:
+                _save_resume(resume, model, opt, gen, objective, epoch, step, history, ctx, device, desc)
     dist.broadcast_buffers(model, ctx)
     return history
 

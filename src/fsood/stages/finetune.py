@@ -2,7 +2,8 @@
 
 ``benchmarks.B.finetune.processes`` > 1 trains data-parallel on one node (fsood.distributed): this
 command spawns the workers itself, or, started by ``torchrun`` (RANK / WORLD_SIZE set), is one of them.
-Rank 0 alone writes the history and the checkpoint.
+Rank 0 alone writes the history and the checkpoint. Training saves a resume file after every epoch
+(``.fsood/resume/``, fsood.train.Resume): a killed job, rerun, continues from its last epoch.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fsood.config import method_params
 from fsood.io import load_npz, save_state_dict, write_bytes
 from fsood.methods import make_objective
 from fsood.stages.common import benchmark_data, load_model, write_history
-from fsood.train import check_shards, train
+from fsood.train import Resume, check_shards, train
 
 
 def run(params: dict, benchmark: str, method: str, seed: int) -> None:
@@ -59,6 +60,21 @@ def build_objective(params: dict, benchmark: str, method: str, seed: int, model:
     return make_objective(method, mcfg, stage2_epoch, weight_fn, head_fn=lambda: model.fc, seed=seed)
 
 
+def resume_for(params: dict, benchmark: str, method: str, seed: int, world_size: int) -> Resume:
+    """The cell's resume file, keyed by what decides its training: the benchmark's data, model and
+    finetune params, the method's params, the runtime, the number of ranks, and the hashes of the
+    data manifest, the pretrained model and (when the loss uses it) the frozen basis."""
+    bench = params["benchmarks"][benchmark]
+    mcfg = method_params(params, benchmark, method)
+    inputs = [paths.files(paths.DATA_DIR, {"manifest": "manifest.json"}, benchmark=benchmark)["manifest"],
+              paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)["model"]]
+    if mcfg.get("weight_source") == "pretrained":
+        inputs.append(paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)["basis"])
+    settings = {"data": bench["data"], "model": bench["model"], "finetune": bench["finetune"], "method": mcfg,
+                "runtime": params["runtime"], "world_size": world_size}
+    return Resume.for_cell("finetune", benchmark, method, seed, settings, inputs)
+
+
 def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed: int) -> None:
     """Train one cell on this rank (the only one when ``ctx`` is ``dist.SINGLE``)."""
     bench = params["benchmarks"][benchmark]
@@ -71,10 +87,12 @@ def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed:
     objective = build_objective(params, benchmark, method, seed, model, device)
     x, y = data.load("id_train")
     outliers, _ = data.load("outliers")
+    resume = resume_for(params, benchmark, method, seed, ctx.world_size)
     with dist.process_group(ctx, backend, device):
         history = train(model, x, y, bench["finetune"], params["runtime"], device, bench["data"]["normalize"],
                         objective, seed, outlier_x=outliers, desc=f"finetune {benchmark} {method} seed {seed}",
-                        ctx=ctx)
+                        ctx=ctx, resume=resume)
     if ctx.is_main:
         write_history(out["history"], history)
         save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
+        resume.clear()  # only now: a kill before the outputs are in place still resumes

@@ -1,4 +1,8 @@
-"""Stage 2, pretrain: train the ID classifier with cross-entropy."""
+"""Stage 2, pretrain: train the ID classifier with cross-entropy.
+
+Training saves a resume file after every epoch (``.fsood/resume/``, fsood.train.Resume): a killed
+job, rerun, continues from its last epoch.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,7 +13,7 @@ from fsood import runtime as rt
 from fsood.io import save_state_dict
 from fsood.methods import pretrain_objective
 from fsood.stages.common import benchmark_data, model_for, published_checkpoint, write_history
-from fsood.train import train
+from fsood.train import Resume, train
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,19 @@ def run(params: dict, benchmark: str, seed: int) -> None:
     device = rt.configure(params["runtime"], seed)
     x, y = data.load("id_train")
     model = rt.prepare_model(model_for(params, benchmark, data), params["runtime"], device)
+    resume = resume_for(params, benchmark, seed)
     history = train(model, x, y, bench["pretrain"], params["runtime"], device, bench["data"]["normalize"],
-                    pretrain_objective(), seed, desc=f"pretrain {benchmark} seed {seed}")
+                    pretrain_objective(), seed, desc=f"pretrain {benchmark} seed {seed}", resume=resume)
     write_history(out["history"], history)
     save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
+    resume.clear()  # only now: a kill before the outputs are in place still resumes
+
+
+def resume_for(params: dict, benchmark: str, seed: int) -> Resume:
+    """The resume file of a pretraining run, keyed by the benchmark's data, model and pretrain params,
+    the runtime and the hash of the data manifest."""
+    bench = params["benchmarks"][benchmark]
+    manifest = paths.files(paths.DATA_DIR, {"manifest": "manifest.json"}, benchmark=benchmark)["manifest"]
+    settings = {"data": bench["data"], "model": bench["model"], "pretrain": bench["pretrain"],
+                "runtime": params["runtime"]}
+    return Resume.for_cell("pretrain", benchmark, "ce", seed, settings, [manifest])
