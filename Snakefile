@@ -18,6 +18,23 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 
 
+# One orchestrator per workspace (src/fsood/lock.py): a real run (not -n) holds
+# .snakemake/fsood.lock, and refuses to start while `dvc repro` runs here.
+from fsood import lock as fsood_lock
+
+
+onstart:
+    fsood_lock.hold("snakemake")
+
+
+onsuccess:
+    fsood_lock.release()
+
+
+onerror:
+    fsood_lock.release()
+
+
 rule all:
     input:
         all_targets(),
