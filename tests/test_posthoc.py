@@ -371,7 +371,10 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = build_model(bench["model"], 1, len(bench["data"]["id_classes"]))
     cell = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark="digits", method="none", seed=0)
-    save_state_dict(cell["model"], model.state_dict())
+    pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark="digits", seed=0)
+    for files in (cell, pre):  # the score stage's provenance hashes the pretrained and the scored model
+        save_state_dict(files["model"], model.state_dict())
+        files["history"].write_text("epoch\n0\n")
 
     score.run(params, "digits", "none", 0)
     out = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark="digits", method="none", seed=0)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fsood.config import ParamsError, check_cell, load_params
+from fsood.lock import WorkspaceBusy, check_orchestrator
 
 STAGES = {
     # stage: (needs method, needs seed)
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log", help="also write the log to this file")
     v = sub.add_parser("validate", help="check params.yaml and list the grid's cells")
     v.add_argument("--params", default="params.yaml")
+    r = sub.add_parser("rebuild", help="rerun one cell from its provenance.json and compare its outputs' hashes")
+    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--benchmark", required=True)
+    r.add_argument("--method", required=True)
+    r.add_argument("--seed", type=int, required=True)
+    r.add_argument("--use-current-params", action="store_true", help="rebuild even if params.yaml changed")
+    r.add_argument("--keep", action="store_true", help="keep the temporary workspace (its path is printed)")
     return parser
 
 
@@ -73,9 +81,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {cell.name}")
             return 0
         check_cell(params, args.benchmark, getattr(args, "method", None), getattr(args, "seed", None))
+        if args.command == "rebuild":  # writes only in a temporary workspace (fsood/rebuild.py)
+            from fsood.rebuild import main as rebuild
+
+            return rebuild(params, args)
     except ParamsError as err:
         print(f"fsood: error: {err}", file=sys.stderr)
         return 2
+    try:  # Snakemake and `dvc repro` must not run in one workspace at once (fsood/lock.py)
+        check_orchestrator()
+    except WorkspaceBusy as err:
+        print(f"fsood: error: {err}", file=sys.stderr)
+        return 3
     _setup_logging(args.log)
     log = logging.getLogger("fsood")
     kwargs = {k: getattr(args, k) for k in ("benchmark", "method", "seed") if hasattr(args, k)}
@@ -83,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         importlib.import_module(f"fsood.stages.{args.command}").run(params, **kwargs)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as err:
+    except (OSError, ValueError, RuntimeError, FloatingPointError) as err:  # OSError: FileNotFound, disk full
         log.error("%s failed: %s", args.command, err)
         print(f"fsood: error: {err}", file=sys.stderr)
         return 1

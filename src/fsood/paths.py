@@ -18,7 +18,9 @@ LOG = "logs/{stage}/{name}.log"
 PRETRAIN_FILES = {"model": "model.pt", "history": "history.csv"}
 SUBSPACE_FILES = {"features": "features.npz", "basis": "basis.npz", "nc": "nc.json"}
 FINETUNE_FILES = {"model": "model.pt", "history": "history.csv"}
-SCORE_FILES = {"cache": "cache.npz", "metrics": "metrics.json"}
+# provenance.json (fsood.provenance): versions, device, seeds, params and the sha256 of the cell's
+# inputs and outputs, for `fsood rebuild`.
+SCORE_FILES = {"cache": "cache.npz", "metrics": "metrics.json", "provenance": "provenance.json"}
 REPORT_FILES = {
     "table_md": "summary.md",
     "table_csv": "summary.csv",

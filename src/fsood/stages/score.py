@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsood import paths
+from fsood import paths, provenance
 from fsood import runtime as rt
 from fsood.config import score_params
 from fsood.evaluation import FIT_SET, metrics_from_cache
@@ -120,6 +120,8 @@ def run(params: dict, benchmark: str, method: str, seed: int) -> None:
     result = metrics_from_cache(cache, score_cfg, metric_groups(benchmark_data(benchmark).manifest))
     result.update(cell=f"{benchmark}-{method}-{seed}", benchmark=benchmark, method=method, seed=seed)
     write_json(out["metrics"], result)
+    # last, so an interrupted job leaves no record of outputs that were not all written
+    write_json(out["provenance"], provenance.build(params, benchmark, method, seed, FIT_SUBSET_SEED))
     main = score_cfg["main"]
     log.info("%s: mean FPR95 %.2f AUROC %.2f (score %s), ID acc %.2f", result["cell"],
              result["scores"][main]["mean"]["fpr95"], result["scores"][main]["mean"]["auroc"], main,
