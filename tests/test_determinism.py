@@ -16,6 +16,7 @@ def fsood(ws, *args):
                    capture_output=True)
 
 
+@pytest.mark.trust(kind="exact_rebuild")
 def test_cell_twice_byte_identical(tmp_path):
     ws = make_workspace(tmp_path / "ws", git=False)
     edit_params(ws, **TINY)

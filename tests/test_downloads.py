@@ -162,6 +162,7 @@ def test_second_origin_is_tried_after_a_failing_one(origin, tmp_path, fmt):
     assert registry.fetch(source, [], tmp_path / "dl").read_bytes() == data
 
 
+@pytest.mark.trust(kind="archives")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_truncated_transfer_is_refused_naming_url_and_byte_counts(origin, tmp_path, fmt):
     folder, base = origin
@@ -177,6 +178,7 @@ def test_truncated_transfer_is_refused_naming_url_and_byte_counts(origin, tmp_pa
         assert listing(dl) == []  # neither a partial file nor a record
 
 
+@pytest.mark.trust(kind="archives")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_wrong_checksum_is_refused_naming_expected_and_actual(origin, tmp_path, fmt):
     folder, base = origin
@@ -201,6 +203,7 @@ UNSAFE = [("tar.gz", "dotdot"), ("tar.gz", "absolute"), ("tar.gz", "symlink"), (
           ("zip", "dotdot"), ("zip", "absolute"), ("zip", "symlink")]
 
 
+@pytest.mark.trust(kind="unsafe_members")
 @pytest.mark.parametrize("fmt, kind", UNSAFE, ids=[f"{f}-{k}" for f, k in UNSAFE])
 def test_unsafe_archive_is_refused(origin, tmp_path, fmt, kind):
     folder, base = origin
@@ -223,6 +226,7 @@ def test_unsafe_archive_is_refused(origin, tmp_path, fmt, kind):
 
 # --- trust on first use -------------------------------------------------------------------------
 
+@pytest.mark.trust(kind="archives")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_first_use_records_the_hash_and_later_changes_are_refused(origin, tmp_path, fmt):
     folder, base = origin
@@ -251,6 +255,7 @@ def test_first_use_records_the_hash_and_later_changes_are_refused(origin, tmp_pa
         registry.fetch(source, [], dl)
 
 
+@pytest.mark.trust(kind="archives")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_first_use_refuses_a_file_that_does_not_read_in_full(origin, tmp_path, fmt):
     """An origin that serves a broken file in full (the right Content-Length) is caught by its format."""
@@ -264,6 +269,7 @@ def test_first_use_refuses_a_file_that_does_not_read_in_full(origin, tmp_path, f
     assert listing(dl) == []
 
 
+@pytest.mark.trust(kind="archives")
 def test_prefix_checksum_is_checked_then_the_full_hash_recorded(origin, tmp_path):
     folder, base = origin
     data = payload("pt")

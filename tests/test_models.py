@@ -92,6 +92,7 @@ def test_fsood_checkpoints_pass_through_import_unchanged():
     assert import_state("wrn", state) == state
 
 
+@pytest.mark.trust(kind="bad_checkpoints")
 def test_checkpoint_of_another_class_count_is_refused_by_name(tmp_path):
     path = tmp_path / "model.pt"
     save_state_dict(path, WideResNet(3, 100, 10, 1, 0.0).state_dict())
@@ -99,6 +100,7 @@ def test_checkpoint_of_another_class_count_is_refused_by_name(tmp_path):
         load_state(WideResNet(3, 10, 10, 1, 0.0), path, expect="(wrn, 10 classes)")
 
 
+@pytest.mark.trust(kind="bad_checkpoints")
 def test_checkpoint_that_is_not_a_plain_state_dict_is_refused(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save(WideResNet(3, 10, 10, 1, 0.0), path)  # a pickled module, not a state dict

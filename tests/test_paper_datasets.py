@@ -39,6 +39,7 @@ def test_cifar_binary_records_decode_to_images_and_labels(tmp_path):
     np.testing.assert_array_equal(x[0].reshape(-1), np.frombuffer(raw[2:2 + 3072], dtype=np.uint8))
 
 
+@pytest.mark.trust(kind="archives")
 def test_cifar_binary_of_the_wrong_record_size_is_refused(tmp_path):
     path = tmp_path / "cifar-10-binary.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
@@ -84,6 +85,7 @@ def test_imagenet_val_with_other_classes_than_train_is_refused(tmp_path):
         imagenet.build(cfg, fetch=None)
 
 
+@pytest.mark.trust(kind="undecodable_images")
 def test_image_that_fails_to_decode_is_named(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="bad.jpg: image failed to decode"):

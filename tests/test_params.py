@@ -66,6 +66,7 @@ def test_shipped_params_are_valid():
         ({"benchmarks.imagenet.data.roots": {"imagenet": None}}, ["'imagenet21k' is a required property"]),
     ],
 )
+@pytest.mark.trust(kind="bad_params")
 def test_bad_params_are_refused_with_a_message_naming_them(changes, expected):
     with pytest.raises(ParamsError) as err:
         validate_params(changed(**changes))
@@ -73,6 +74,7 @@ def test_bad_params_are_refused_with_a_message_naming_them(changes, expected):
         assert fragment in str(err.value), str(err.value)
 
 
+@pytest.mark.trust(kind="bad_params")
 def test_not_yaml_and_missing_file(tmp_path):
     (tmp_path / "p.yaml").write_text("grid: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
@@ -81,6 +83,7 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_params(tmp_path / "absent.yaml")
 
 
+@pytest.mark.trust(kind="bad_params")
 def test_cli_refuses_bad_params_before_any_work(tmp_path, monkeypatch, capsys):
     ws = make_workspace(tmp_path / "ws")
     edit_params(ws, **{"grid.methods": ["oe", "bogus"]})
@@ -91,12 +94,14 @@ def test_cli_refuses_bad_params_before_any_work(tmp_path, monkeypatch, capsys):
     assert not (ws / "data").exists()
 
 
+@pytest.mark.trust(kind="bad_params")
 def test_cli_refuses_a_cell_outside_the_grid(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     assert main(["finetune", "--benchmark", "digits", "--method", "sep", "--seed", "99"]) == 2
     assert "seed 99 is not in grid.seeds" in capsys.readouterr().err
 
 
+@pytest.mark.trust(kind="bad_params")
 def test_snakemake_refuses_bad_params_before_any_job(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     edit_params(ws, **{"methods.sep.beta": "one"})
@@ -107,6 +112,7 @@ def test_snakemake_refuses_bad_params_before_any_job(tmp_path):
     assert "not of type 'number'" in proc.stdout + proc.stderr
 
 
+@pytest.mark.trust(kind="bad_params")
 def test_dvc_repro_gets_the_same_refusal(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     edit_params(ws, **{"grid.seeds": [0], "report.projection_seed": 0, "runtime.eval_batch_size": 0})

@@ -86,6 +86,7 @@ def test_snakemake_report_bundles_figures(finished):
     assert "Fig. 2" in html  # a caption from workflow/report/
 
 
+@pytest.mark.trust(kind="rerun_after_dvc")
 def test_snakemake_realigns_after_dvc_changed_results(finished):
     """DVC reran cells with a new lr (above): Snakemake sees inputs it never made and wants to
     rerun; `snakemake --touch` records the DVC-made state without recomputing anything."""

@@ -192,6 +192,7 @@ def _entry(**changes):
     ids=["unknown-field", "bad-format", "no-licence", "no-urls", "no-checksum", "bad-algorithm", "short-digest",
          "bad-checksum-field", "null-checksum-without-note", "path-filename", "ftp-url", "dotdot-member", "no-members"],
 )
+@pytest.mark.trust(kind="bad_params")
 def test_bad_override_entries_are_refused_naming_file_and_entry(tmp_path, monkeypatch, entry, problem):
     path = _override(tmp_path, monkeypatch, {"dtd": entry})
     with pytest.raises(DatasetError) as err:
@@ -200,6 +201,7 @@ def test_bad_override_entries_are_refused_naming_file_and_entry(tmp_path, monkey
     assert msg.startswith(f"{path}: entry 'dtd': ") and re.search(problem, msg), msg
 
 
+@pytest.mark.trust(kind="bad_params")
 def test_override_file_itself_missing_or_malformed(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.SOURCES_ENV, str(tmp_path / "nope.yaml"))
     with pytest.raises(DatasetError, match=r"FSOOD_SOURCES names .*nope\.yaml.*not a file"):
@@ -249,6 +251,7 @@ def test_verify_accepts_archive_hash_and_tree_hash_of_a_regzipped_copy(good, tmp
     assert read == FILES  # README.md is not a data member
 
 
+@pytest.mark.trust(kind="archives")
 def test_md5_checksum_and_its_mismatch_message(good, tmp_path):
     source, archive = good
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
@@ -261,6 +264,7 @@ def test_md5_checksum_and_its_mismatch_message(good, tmp_path):
     assert f"expected md5 {md5} (published by the origin), actual {actual}" in str(err.value)
 
 
+@pytest.mark.trust(kind="archives")
 def test_tampered_archive_is_refused_naming_file_and_hashes(good, tmp_path):
     source, _ = good
     tampered_files = dict(FILES, **{"train/a/0.png": _png(77)})
@@ -271,6 +275,7 @@ def test_tampered_archive_is_refused_naming_file_and_hashes(good, tmp_path):
     assert "tampered.tar.gz" in msg and source.tree_sha256 in msg and tree_hash(tampered_files) in msg
 
 
+@pytest.mark.trust(kind="archives")
 def test_truncated_archive_is_refused(good, tmp_path):
     source, archive = good
     cut = tmp_path / "cut.tar.gz"
@@ -279,6 +284,7 @@ def test_truncated_archive_is_refused(good, tmp_path):
         registry.verify(source, cut)
 
 
+@pytest.mark.trust(kind="archives")
 def test_first_use_record_is_read_but_never_written_by_verify(tmp_path):
     data = np.arange(12, dtype=np.int16).reshape(3, 4)
     path = tmp_path / "a.npy"
@@ -337,6 +343,7 @@ def unsafe_archive(fmt: str, kind: str, path: Path) -> tuple[Path, str]:
 UNSAFE_CASES = [(f, k) for f in ("tar.gz", "tar") for k in TAR_UNSAFE] + [("zip", k) for k in ZIP_UNSAFE]
 
 
+@pytest.mark.trust(kind="unsafe_members")
 @pytest.mark.parametrize("fmt, kind", UNSAFE_CASES, ids=[f"{f}-{k}" for f, k in UNSAFE_CASES])
 def test_unsafe_members_refuse_the_whole_archive(tmp_path, fmt, kind):
     bad, problem = unsafe_archive(fmt, kind, tmp_path / f"bad.{fmt}")
@@ -371,6 +378,7 @@ def _cuts(data: bytes) -> list[int]:
     return sorted({100, n // 3, n // 2, n - 1} | set(range(512, n, 512)))
 
 
+@pytest.mark.trust(kind="archives")
 @pytest.mark.parametrize("fmt", ["tar.gz", "tar", "zip"])
 def test_truncated_archive_never_reads_as_a_shorter_one(tmp_path, fmt):
     """At every cut (tar: block boundaries between members included) reading fails, naming the file."""
@@ -388,6 +396,7 @@ def test_truncated_archive_never_reads_as_a_shorter_one(tmp_path, fmt):
             list(registry.iter_members(source, path))
 
 
+@pytest.mark.trust(kind="archives")
 @pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
 def test_corrupt_compressed_archive_fails_its_crc(tmp_path, fmt):
     rng = np.random.default_rng(0)  # incompressible: the middle byte lies in member data, not in a header
@@ -410,6 +419,7 @@ def test_extract_writes_only_data_members(good, tmp_path):
 
 # --- safe reading: single files ---------------------------------------------------------------
 
+@pytest.mark.trust(kind="archives")
 def test_load_npy_maps_the_array_and_refuses_truncated_padded_or_pickled_files(tmp_path):
     data = np.arange(3 * 8 * 8 * 3, dtype=np.uint8).reshape(3, 8, 8, 3)
     path = tmp_path / "x.npy"
@@ -430,6 +440,7 @@ def test_load_npy_maps_the_array_and_refuses_truncated_padded_or_pickled_files(t
         registry.load_npy(tmp_path / "obj.npy")
 
 
+@pytest.mark.trust(kind="archives")
 def test_load_mat_requires_its_variables_and_names_a_broken_file(tmp_path):
     path = tmp_path / "svhn.mat"
     scipy.io.savemat(path, {"X": np.zeros((4, 4, 3, 2), np.uint8), "y": np.array([[1], [10]], np.uint8)})
@@ -444,6 +455,7 @@ def test_load_mat_requires_its_variables_and_names_a_broken_file(tmp_path):
             registry.load_mat(tmp_path / "cut.mat", ["X", "y"])
 
 
+@pytest.mark.trust(kind="bad_checkpoints")
 def test_load_checkpoint_wants_a_plain_state_dict(tmp_path):
     state = {"fc.weight": torch.randn(3, 2), "fc.bias": torch.zeros(3)}
     torch.save(state, tmp_path / "ok.pt")
@@ -474,6 +486,7 @@ def test_mirror_copy_is_used_in_place_and_never_written(good, tmp_path, monkeypa
     assert not (tmp_path / "downloads").exists()
 
 
+@pytest.mark.trust(kind="missing_mirror")
 def test_params_mirror_absent_is_skipped_but_env_mirror_absent_is_an_error(good, tmp_path, monkeypatch):
     source, archive = good
     monkeypatch.delenv(registry.MIRROR_ENV, raising=False)
@@ -484,6 +497,7 @@ def test_params_mirror_absent_is_skipped_but_env_mirror_absent_is_an_error(good,
         registry.fetch(source, [], tmp_path / "dl")
 
 
+@pytest.mark.trust(kind="archives")
 def test_bad_mirror_copy_is_an_error_not_a_silent_fallback(good, tmp_path, monkeypatch):
     source, _ = good
     mirror = tmp_path / "badmirror"
@@ -496,6 +510,7 @@ def test_bad_mirror_copy_is_an_error_not_a_silent_fallback(good, tmp_path, monke
 
 # --- decoding -------------------------------------------------------------------------------
 
+@pytest.mark.trust(kind="undecodable_images")
 def test_decode_names_a_broken_image_and_resizes_like_torchvision():
     with pytest.raises(DatasetError, match="train/a/bad.jpg: image failed to decode"):
         decode(b"\xff\xd8 not a jpeg", "train/a/bad.jpg", 32)

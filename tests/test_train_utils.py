@@ -96,6 +96,7 @@ def test_cosine_lr_endpoints_and_midpoint(lr, lr_min, total):
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
+@pytest.mark.trust(kind="nonfinite_loss")
 def test_non_finite_loss_stops_training_naming_epoch_and_step():
     from fsood.models import SmallCNN
     from fsood.train import NonFiniteLoss, train

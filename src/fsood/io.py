@@ -44,11 +44,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
+    """An error while writing (a full disk: ENOSPC) names ``path``; the file object's own error
+    would not, and the temp file is removed by ``atomic_path``."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise OSError(err.errno, f"{err.strerror or err} while writing {len(data)} bytes",
+                          str(path)) from err
 
 
 def write_text(path: str | Path, text: str) -> None:
