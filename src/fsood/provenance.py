@@ -10,7 +10,6 @@ same machine and commit writes the same file and ``dvc.lock`` stays clean.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -18,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from fsood import paths
+from fsood.io import file_sha256
 from fsood.config import method_params, score_params
 from fsood.evaluation import FIT_SET
 
@@ -25,15 +25,9 @@ FORMAT = 1
 # Distributions whose versions can change a cell's numbers (None where not installed).
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "pillow", "pyyaml", "jsonschema")
 BENCHMARK_SECTIONS = ("data", "model", "pretrain", "finetune")
-_CHUNK = 1 << 20
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_file = file_sha256  # the name rebuild.py and the tests use
 
 
 def _version(dist: str) -> str | None:

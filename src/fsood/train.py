@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from fsood import distributed as dist
 from fsood import runtime as rt
+from fsood.io import file_sha256
 from fsood.losses import cosine_to_classes
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ class NonFiniteLoss(FloatingPointError):
 
 RESUME_DIR = ".fsood/resume"  # outside every DVC output and dependency (gitignored, dvcignored)
 RESUME_FORMAT = 1
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Resume:

@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from fsood.io import atomic_path, write_text
+from fsood.io import atomic_path, file_sha256, write_text
 
 from .errors import ChecksumMismatch, DatasetError, UnsafeArchive
 from .readers import (
@@ -321,10 +321,6 @@ def file_digests(path: str | Path, algorithms=("sha256",)) -> dict[str, str]:
             for h in hashes.values():
                 h.update(chunk)
     return {a: h.hexdigest() for a, h in hashes.items()}
-
-
-def file_sha256(path: str | Path) -> str:
-    return file_digests(path)["sha256"]
 
 
 def tree_sha256(source: Source, archive: str | Path) -> str:
