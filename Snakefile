@@ -1,6 +1,7 @@
-# fsood: the paper's pipeline as a Snakemake workflow. Thin on purpose: the grid and
-# every hyper-parameter live in params.yaml, each stage's rule in workflow/rules/, and
-# each rule calls the same `python -m fsood <stage>` command that dvc.yaml runs.
+# fsood: the paper's pipeline as a Snakemake workflow. Thin on purpose: the grid and every
+# hyper-parameter live in params.yaml, each stage's contract (inputs, outputs, params, code,
+# resources) in src/fsood/contract.py, from which workflow/rules/stages.smk makes one rule a stage
+# and `python -m fsood dvc-yaml` writes dvc.yaml: both tools run the same commands.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -10,12 +11,7 @@ configfile: "params.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/pretrain.smk"
-include: "workflow/rules/subspace.smk"
-include: "workflow/rules/finetune.smk"
-include: "workflow/rules/score.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/stages.smk"
 
 
 # One orchestrator per workspace (src/fsood/lock.py): a real run (not -n) holds

@@ -350,7 +350,7 @@ def test_schema_score_options(changes, fragment):
 
 def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     """digits data, an untrained small CNN, every score (ODIN included); one OOD set made 'hard'."""
-    from fsood import paths
+    from fsood import contract
     from fsood.datasets import materialize
     from fsood.io import load_npz, save_state_dict
     from fsood.models import build_model
@@ -362,7 +362,7 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     bench["data"].update(n_outliers=16, n_ood=40, ood_sets=["gaussian", "blobs", "digits_5_9"])
     params["score"].update(scores=sorted(DETECTORS), main="fs", fit_samples=100)
     params["score"]["options"]["knn"]["k"] = 10
-    folder = paths.DATA_DIR.format(benchmark="digits")
+    folder = str(contract.out("data", "data", benchmark="digits"))
     materialize("digits", bench["data"], folder)
     manifest_path = tmp_path / folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -370,14 +370,14 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     manifest_path.write_text(json.dumps(manifest))
     torch.manual_seed(0)
     model = build_model(bench["model"], 1, len(bench["data"]["id_classes"]))
-    cell = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark="digits", method="none", seed=0)
-    pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark="digits", seed=0)
+    cell = contract.outs("finetune", benchmark="digits", method="none", seed=0)
+    pre = contract.outs("pretrain", benchmark="digits", seed=0)
     for files in (cell, pre):  # the score stage's provenance hashes the pretrained and the scored model
         save_state_dict(files["model"], model.state_dict())
         files["history"].write_text("epoch\n0\n")
 
     score.run(params, "digits", "none", 0)
-    out = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark="digits", method="none", seed=0)
+    out = contract.outs("score", benchmark="digits", method="none", seed=0)
     cache = load_npz(out["cache"])
     metrics = json.loads(out["metrics"].read_text())
     labels = cache["id_train__labels"]

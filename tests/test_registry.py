@@ -112,30 +112,30 @@ NEEDED = ["cifar10-jpg", "tinyimagenet32", "dtd10", "cifar10-binary", "cifar100-
 
 
 def test_registry_names_every_paper_source_with_origin_and_checksum_provenance():
-    assert set(NEEDED) <= set(registry.SOURCES)
-    for source in registry.SOURCES.values():
+    assert set(NEEDED) <= set(registry.builtin_sources())
+    for source in registry.builtin_sources().values():
         assert source.description and source.licence, source.name
         assert source.urls or source.user_path, source.name
         if source.checksum is None or source.checksum.prefix:
             assert source.note, source.name  # the registry says why, and what is done instead
         else:
             assert source.checksum.published_by, source.name
-    by_torchvision = {n for n, s in registry.SOURCES.items() if s.checksum and "torchvision" in s.checksum.published_by}
+    by_torchvision = {n for n, s in registry.builtin_sources().items() if s.checksum and "torchvision" in s.checksum.published_by}
     assert {"cifar10-python", "cifar100-python", "svhn-test", "dtd", "places365"} <= by_torchvision
-    assert all(registry.SOURCES[n].checksum.algorithm == "md5" for n in by_torchvision - {"resnet50-imagenet1k-v1"})
-    resnet = registry.SOURCES["resnet50-imagenet1k-v1"]
+    assert all(registry.builtin_sources()[n].checksum.algorithm == "md5" for n in by_torchvision - {"resnet50-imagenet1k-v1"})
+    resnet = registry.builtin_sources()["resnet50-imagenet1k-v1"]
     assert resnet.checksum.prefix and resnet.checksum.value in resnet.filename  # only the prefix: said so
-    assert registry.SOURCES["dtd"].filename == "dtd-r1.0.1.tar.gz" and registry.SOURCES["dtd"].members[0] == "images"
+    assert registry.builtin_sources()["dtd"].filename == "dtd-r1.0.1.tar.gz" and registry.builtin_sources()["dtd"].members[0] == "images"
     for name in ("imagenet-1k", "imagenet-21k-p"):
-        assert not registry.SOURCES[name].urls and registry.SOURCES[name].checksum is None
+        assert not registry.builtin_sources()[name].urls and registry.builtin_sources()[name].checksum is None
     # the GitHub copies keep the hashes of ../shared/data/README.md
-    assert registry.SOURCES["dtd10"].archive_sha256.startswith("4890231d")
-    assert registry.SOURCES["dtd10"].tree_sha256.startswith("727f453c")
+    assert registry.builtin_sources()["dtd10"].archive_sha256.startswith("4890231d")
+    assert registry.builtin_sources()["dtd10"].tree_sha256.startswith("727f453c")
 
 
 def test_as_entry_round_trips_through_an_override_file():
-    data = {name: registry.as_entry(s) for name, s in registry.SOURCES.items()}
-    assert registry.parse_sources(yaml.safe_load(yaml.safe_dump(data)), "x.yaml") == registry.SOURCES
+    data = {name: registry.as_entry(s) for name, s in registry.builtin_sources().items()}
+    assert registry.parse_sources(yaml.safe_load(yaml.safe_dump(data)), "x.yaml") == registry.builtin_sources()
 
 
 def test_unknown_source_names_the_registered_ones():
@@ -159,15 +159,15 @@ def test_override_file_replaces_and_adds_entries(tmp_path, monkeypatch):
            "note": "fabricated", "description": "a test file", "licence": "none"}
     _override(tmp_path, monkeypatch, {"svhn-test": mirror, "my-set": new})
     assert registry.get_source("svhn-test").urls == ("https://mirror.example.org/svhn/test_32x32.mat",)
-    assert registry.get_source("svhn-test").checksum == registry.SOURCES["svhn-test"].checksum
+    assert registry.get_source("svhn-test").checksum == registry.builtin_sources()["svhn-test"].checksum
     assert registry.get_source("my-set").format == "npy" and registry.get_source("my-set").checksum is None
-    assert registry.get_source("dtd") == registry.SOURCES["dtd"]  # untouched entries stay
+    assert registry.get_source("dtd") == registry.builtin_sources()["dtd"]  # untouched entries stay
     monkeypatch.delenv(registry.SOURCES_ENV)
     assert "my-set" not in registry.sources()
 
 
 def _entry(**changes):
-    entry = registry.as_entry(registry.SOURCES["dtd"])
+    entry = registry.as_entry(registry.builtin_sources()["dtd"])
     entry.update(changes)
     return {k: v for k, v in entry.items() if v is not ...}
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fsood import paths
+from fsood import contract
 from fsood.config import validate_params
 from fsood.io import save_npz, write_json, write_text
 
@@ -62,14 +62,14 @@ def build_tree(root: Path, params: dict, extra_methods=()) -> dict:
     written = {}
     for method in [*METHODS, *extra_methods]:
         for seed in SEEDS:
-            out = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark="digits", method=method, seed=seed)
+            out = contract.outs("score", benchmark="digits", method=method, seed=seed)
             cache = fake_cache(method, seed)
             metrics = metrics_from_cache(cache, params["score"])
             metrics.update(cell=f"digits-{method}-{seed}", benchmark="digits", method=method, seed=seed)
             save_npz(root / out["cache"], cache)
             write_json(root / out["metrics"], metrics)
             written[method, seed] = metrics
-            history = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark="digits", method=method, seed=seed)
+            history = contract.outs("finetune", benchmark="digits", method=method, seed=seed)
             epochs = np.arange(6)
             write_text(root / history["history"], pd.DataFrame({
                 "epoch": epochs, "lr": 0.1 / (1 + epochs), "id_train_acc": 0.9 + 0.01 * epochs, "ce": 1.0 / (1 + epochs),
@@ -78,7 +78,7 @@ def build_tree(root: Path, params: dict, extra_methods=()) -> dict:
     for seed in SEEDS:
         cache = fake_cache("pretrained", seed)
         m = nc.nc_metrics(cache["id_test__features"], cache["id_test__labels"], cache["fc_weight"])
-        nc_path = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark="digits", seed=seed)["nc"]
+        nc_path = contract.outs("subspace", benchmark="digits", seed=seed)["nc"]
         write_json(root / nc_path, {k: round(v, 6) for k, v in m.items()})
     return written
 
@@ -103,7 +103,7 @@ def reported(tmp_path_factory):
     ])
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    outputs = paths.files(paths.REPORT_DIR, paths.REPORT_FILES, benchmark="digits")
+    outputs = contract.outs("report", benchmark="digits")
     return {"root": root, "params": params, "metrics": written, "files": {k: root / p for k, p in outputs.items()},
             "log": proc.stderr, "elapsed": float(proc.stdout.split("ELAPSED")[1])}
 
@@ -112,7 +112,7 @@ def test_all_outputs_written_and_logged(reported):
     for key, path in reported["files"].items():
         assert path.is_file(), key
         assert f"wrote {path.relative_to(reported['root'])}" in reported["log"]
-    assert sorted(p.name for p in reported["files"]["nc"].parent.iterdir()) == sorted(paths.REPORT_FILES.values())
+    assert sorted(p.name for p in reported["files"]["nc"].parent.iterdir()) == sorted(p.name for p in contract.outs("report", benchmark="digits").values())
 
 
 def _values(reported, method: str, score: str, ood_set: str, metric: str) -> np.ndarray:
@@ -180,12 +180,12 @@ def test_missing_metrics_fails_before_writing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = make_params()
     build_tree(Path("."), params)
-    missing = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark="digits", method="sep", seed=1)["metrics"]
+    missing = contract.outs("score", benchmark="digits", method="sep", seed=1)["metrics"]
     missing.unlink()
     with pytest.raises(FileNotFoundError, match="score stage") as err:
         report.run(params, "digits")
     assert str(missing) in str(err.value)
-    out = Path(paths.REPORT_DIR.format(benchmark="digits"))
+    out = contract.out("report", "nc", benchmark="digits").parent
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -195,7 +195,7 @@ def test_missing_subspace_nc_names_its_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = make_params()
     build_tree(Path("."), params)
-    nc_path = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark="digits", seed=1)["nc"]
+    nc_path = contract.outs("subspace", benchmark="digits", seed=1)["nc"]
     nc_path.unlink()
     with pytest.raises(FileNotFoundError, match="subspace stage") as err:
         report.run(params, "digits")
@@ -279,7 +279,7 @@ def test_report_sets_published_numbers_beside_the_cells(reported, monkeypatch):
         entry, {**entry, "method": "dal"}, {**entry, "method": "sep", "set": "gaussian", "fpr95": None,
                                             "note": "not published: test"}]}}}
     outputs = report.build_outputs(params, "digits", inputs)
-    assert set(outputs) == set(paths.REPORT_FILES)
+    assert set(outputs) == set(contract.stage("report").outputs)
     df = pd.read_csv(io.StringIO(outputs["paper_csv"]))
     assert list(df.columns) == paper.COLUMNS and len(df) == 6
     oe = df[(df.method == "oe") & (df.metric == "fpr95")].iloc[0]
@@ -311,5 +311,5 @@ def test_malformed_published_numbers_stop_the_report_before_writing(tmp_path, mo
     monkeypatch.setattr(paper, "PAPER_RESULTS", bad)
     with pytest.raises(paper.PaperResultsError, match=r"entries\[0\] \(oe/msp/svhn\): fpr95 140.0"):
         report.run(params, "digits")
-    out = Path(paths.REPORT_DIR.format(benchmark="digits"))
+    out = contract.out("report", "nc", benchmark="digits").parent
     assert not out.exists() or not any(out.iterdir())

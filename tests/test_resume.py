@@ -236,7 +236,7 @@ def test_sigkilled_pretrain_reruns_to_the_same_bytes(base, tmp_path):
     base_ws, _, pretrained = base
     ws = _copy(base_ws, tmp_path / "ws")
     shutil.rmtree(ws / PRE)
-    resume = ws / ".fsood/resume/pretrain-digits-ce-0.pt"
+    resume = ws / ".fsood/resume/pretrain-digits-0.pt"
     _kill_after_epoch(ws, ["pretrain"], resume)
     assert not (ws / PRE / "model.pt").exists()
     assert _run(ws, "pretrain").returncode == 0

@@ -16,33 +16,22 @@ import time
 from pathlib import Path
 
 from fsood.config import ParamsError, check_cell, load_params
+from fsood.contract import STAGES
 from fsood.lock import WorkspaceBusy, check_orchestrator
-
-STAGES = {
-    # stage: (needs method, needs seed)
-    "data": (False, False),
-    "pretrain": (False, True),
-    "subspace": (False, True),
-    "finetune": (True, True),
-    "score": (True, True),
-    "report": (False, False),
-}
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsood", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for stage, (needs_method, needs_seed) in STAGES.items():
-        p = sub.add_parser(stage, help=f"run the {stage} stage")
+    for name, stage in STAGES.items():  # one subcommand a stage, with the wildcards its contract names
+        p = sub.add_parser(name, help=stage.summary)
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-        p.add_argument("--benchmark", required=True)
-        if needs_method:
-            p.add_argument("--method", required=True)
-        if needs_seed:
-            p.add_argument("--seed", type=int, required=True)
+        for wildcard in stage.wildcards:
+            p.add_argument(f"--{wildcard}", required=True, type=int if wildcard == "seed" else str)
         p.add_argument("--log", help="also write the log to this file")
     v = sub.add_parser("validate", help="check params.yaml and list the grid's cells")
     v.add_argument("--params", default="params.yaml")
+    d = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage contracts (fsood.contract)")
+    d.add_argument("--output", default="dvc.yaml", help="where to write it (default: dvc.yaml); - for stdout")
     r = sub.add_parser("rebuild", help="rerun one cell from its provenance.json and compare its outputs' hashes")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--benchmark", required=True)
@@ -70,6 +59,11 @@ def _setup_logging(log_file: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "dvc-yaml":  # from the contracts alone: its stages read the grid through ${grid.*}
+        from fsood.dvcyaml import write
+
+        write(args.output)
+        return 0
     try:
         params = load_params(args.params)
         if args.command == "validate":

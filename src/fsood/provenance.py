@@ -16,15 +16,13 @@ import platform
 import subprocess
 from pathlib import Path
 
-from fsood import paths
+from fsood import contract
 from fsood.io import file_sha256
-from fsood.config import method_params, score_params
-from fsood.evaluation import FIT_SET
 
 FORMAT = 1
 # Distributions whose versions can change a cell's numbers (None where not installed).
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "pillow", "pyyaml", "jsonschema")
-BENCHMARK_SECTIONS = ("data", "model", "pretrain", "finetune")
+CELL_STAGES = ("finetune", "score")  # the stages of one cell, which `fsood rebuild` reruns
 
 
 sha256_file = file_sha256  # the name rebuild.py and the tests use
@@ -63,15 +61,12 @@ def git_commit(folder: str | Path | None = None) -> str | None:
 
 
 def cell_params(params: dict, benchmark: str, method: str) -> dict:
-    """The params that define one cell: the benchmark's data/model/pretrain/finetune sections, the
-    method's and the score's merged params (global values with the benchmark's overrides), runtime."""
-    bench = params["benchmarks"][benchmark]
-    return {
-        "benchmark": {section: bench[section] for section in BENCHMARK_SECTIONS},
-        "method": method_params(params, benchmark, method),
-        "score": score_params(params, benchmark),
-        "runtime": params["runtime"],
-    }
+    """The params that define one cell: ``{dotted key: value}`` of every key the cell's stages declare
+    in their contract (fsood.contract)."""
+    out: dict = {}
+    for name in CELL_STAGES:  # their keys name no seed: every seed of a cell shares its params
+        out.update(contract.stage(name).param_values(params, benchmark=benchmark, method=method))
+    return out
 
 
 def diff_keys(recorded, current, prefix: str = "") -> list[str]:
@@ -93,31 +88,25 @@ def _posix(path: Path) -> str:
     return path.as_posix()
 
 
-def input_files(params: dict, benchmark: str, method: str, seed: int) -> list[Path]:
-    """Files the cell's finetune and score stages read (relative to the workspace): the data manifest
-    and the set files, the pretrained model and history, and the subspace basis when the method uses
-    the pretrained weights."""
-    from fsood.datasets import BenchmarkData
+def _files(path: Path) -> list[Path]:
+    """A file, or every file of a folder output (the data folder), sorted."""
+    return sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
 
-    data_dir = Path(paths.DATA_DIR.format(benchmark=benchmark))
-    manifest = BenchmarkData(data_dir).manifest
-    names = ["id_train", "outliers", "id_test", *manifest["ood_sets"], *manifest.get("hard_ood_sets", []), FIT_SET]
-    files = [data_dir / "manifest.json"]
-    for name in dict.fromkeys(names):
-        kind = manifest["sets"][name].get("kind")
-        files.append(data_dir / (f"{name}.tsv" if kind == "files" else f"{name}.npz"))
-    pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
-    files += [pre["model"], pre["history"]]
-    if method != "none" and method_params(params, benchmark, method).get("weight_source") == "pretrained":
-        files.append(paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)["basis"])
-    return files
+
+def input_files(params: dict, benchmark: str, method: str, seed: int) -> list[Path]:
+    """Files the cell's stages read that no cell stage writes (relative to the workspace), from their
+    declared inputs: the data folder's files, the pretrained model and history, the subspace basis."""
+    cell = dict(benchmark=benchmark, method=method, seed=seed)
+    own = set(output_files(benchmark, method, seed))
+    declared = [Path(p) for name in CELL_STAGES
+                for paths in contract.input_paths(contract.stage(name), params, **cell).values() for p in paths]
+    return [f for p in dict.fromkeys(declared) if p not in own for f in _files(p)]
 
 
 def output_files(benchmark: str, method: str, seed: int) -> list[Path]:
-    """The cell's own files: the fine-tuned model and history (finetune) and the cache and metrics (score)."""
+    """The cell's own files (the fine-tuned model and history, the cache and metrics), provenance.json aside."""
     cell = dict(benchmark=benchmark, method=method, seed=seed)
-    return [*paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, **cell).values(),
-            *(f for key, f in paths.files(paths.CELL_DIR, paths.SCORE_FILES, **cell).items() if key != "provenance")]
+    return [f for name in CELL_STAGES for key, f in contract.outs(name, **cell).items() if key != "provenance"]
 
 
 def runtime_state(runtime: dict) -> dict:

@@ -21,16 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from fsood import paths, provenance
+from fsood import contract, provenance
 from fsood.config import ParamsError
 from fsood.io import read_json
 
-STAGES = ("finetune", "score")
 _LOG_TAIL = 2000
 
 
 def record_path(benchmark: str, method: str, seed: int) -> Path:
-    return paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark=benchmark, method=method, seed=seed)["provenance"]
+    return contract.out("score", "provenance", benchmark=benchmark, method=method, seed=seed)
 
 
 def changed_params(recorded: dict, params: dict, benchmark: str, method: str) -> list[str]:
@@ -46,17 +45,13 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def share_inputs(workspace: Path, benchmark: str, seed: int) -> None:
-    """Hard-link (or copy) the benchmark's data folder and the pretrain and subspace outputs of ``seed``
-    into ``workspace``; a set of image files with a relative root gets a symlink to that root."""
-    data_dir = Path(paths.DATA_DIR.format(benchmark=benchmark))
-    folders = [data_dir, Path(paths.PRETRAIN_DIR.format(benchmark=benchmark, seed=seed)),
-               Path(paths.SUBSPACE_DIR.format(benchmark=benchmark, seed=seed))]
-    for folder in folders:
-        for src in sorted(folder.rglob("*")) if folder.is_dir() else []:
-            if src.is_file():
-                _link_or_copy(src, workspace / src)
-    for info in read_json(data_dir / "manifest.json")["sets"].values():
+def share_inputs(workspace: Path, params: dict, benchmark: str, method: str, seed: int) -> None:
+    """Hard-link (or copy) the cell's recorded inputs (provenance.input_files: the data folder, the pretrain
+    and subspace outputs its stages declare) into ``workspace``; a set of image files with a relative
+    root gets a symlink to that root."""
+    for src in provenance.input_files(params, benchmark, method, seed):
+        _link_or_copy(src, workspace / src)
+    for info in read_json(contract.manifest(benchmark))["sets"].values():
         root = info.get("root")
         if info.get("kind") == "files" and root and not Path(root).is_absolute() and not (workspace / root).exists():
             (workspace / root).parent.mkdir(parents=True, exist_ok=True)
@@ -64,19 +59,17 @@ def share_inputs(workspace: Path, benchmark: str, seed: int) -> None:
 
 
 def run_stages(workspace: Path, benchmark: str, method: str, seed: int, score_threads: int) -> None:
-    """The cell's finetune and score commands, as Snakemake and DVC run them, inside ``workspace``.
+    """The cell's stages (provenance.CELL_STAGES), each with its contract's command, inside ``workspace``.
 
     Finetune runs with ``runtime.threads`` (OMP_NUM_THREADS unset, as under ``dvc repro``); score with
     the thread count the record names: CPU results are bit-stable for a fixed thread count only."""
-    for stage in STAGES:
+    for stage in provenance.CELL_STAGES:
         env = dict(os.environ)
         env.pop("OMP_NUM_THREADS", None)
         if stage == "score":
             env["OMP_NUM_THREADS"] = str(score_threads)
-        log = Path("logs") / f"{stage}.log"
-        cmd = [sys.executable, "-m", "fsood", stage, "--params", "params.yaml", "--benchmark", benchmark,
-               "--method", method, "--seed", str(seed), "--log", str(log)]
-        proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True)
+        cmd = contract.stage(stage).command(benchmark=benchmark, method=method, seed=seed).split()
+        proc = subprocess.run([sys.executable, *cmd[1:]], cwd=workspace, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"rebuild: the {stage} stage failed (exit {proc.returncode}):\n"
                                f"{(proc.stderr or proc.stdout)[-_LOG_TAIL:]}")
@@ -124,7 +117,7 @@ def rebuild(params: dict, params_file: str, benchmark: str, method: str, seed: i
                   file=out)
     workspace = Path(tempfile.mkdtemp(prefix=f"fsood-rebuild-{benchmark}-{method}-{seed}-"))
     try:
-        share_inputs(workspace, benchmark, seed)
+        share_inputs(workspace, params, benchmark, method, seed)
         shutil.copyfile(params_file, workspace / "params.yaml")
         run_stages(workspace, benchmark, method, seed, recorded["runtime"]["threads"])
         expected = [f.as_posix() for f in provenance.output_files(benchmark, method, seed)]

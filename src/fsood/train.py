@@ -65,15 +65,20 @@ class Resume:
         self.path, self.key = Path(path), key
 
     @classmethod
-    def for_cell(cls, stage: str, benchmark: str, method: str, seed: int, settings: dict,
-                 inputs: list[str | Path]) -> Resume:
-        """``.fsood/resume/<stage>-<benchmark>-<method>-<seed>.pt``, keyed by ``settings`` (JSON-able
-        params) and the sha256 of each file in ``inputs``."""
-        fingerprint = {"stage": stage, "benchmark": benchmark, "method": method, "seed": seed,
-                       "settings": settings, "torch": torch.__version__, "format": RESUME_FORMAT,
+    def for_job(cls, stage: str, params: dict, extra: dict | None = None, **wildcards) -> Resume:
+        """``.fsood/resume/<stage>-<cell>.pt`` (e.g. ``finetune-digits-sep-0.pt``), keyed by what the stage's
+        contract (fsood.contract) says decides its outputs: its declared params and the sha256 of its
+        input files, plus ``extra`` (the number of ranks), the torch version and the file format."""
+        from fsood import contract
+
+        spec = contract.stage(stage)
+        inputs = [p for paths in contract.input_paths(spec, params, tracked=True, **wildcards).values() for p in paths]
+        fingerprint = {"stage": stage, "cell": wildcards, "settings": spec.param_values(params, **wildcards),
+                       "extra": extra or {}, "torch": torch.__version__, "format": RESUME_FORMAT,
                        "inputs": {str(p): file_sha256(p) for p in inputs}}
         key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-        return cls(Path(RESUME_DIR) / f"{stage}-{benchmark}-{method}-{seed}.pt", key)
+        name = "-".join(str(wildcards[w]) for w in spec.wildcards)
+        return cls(Path(RESUME_DIR) / f"{stage}-{name}.pt", key)
 
     def read(self, epochs: int) -> tuple[dict | None, str | None]:
         """(state, None) for a usable file; (None, why) for a corrupt, foreign or stale one; (None, None)

@@ -1,6 +1,9 @@
-# Shared by all rules: validation, the grid, paths and resources.
-from fsood import paths
-from fsood.config import grid_cells, validate_params
+# Shared by all rules: validation, the grid, and the stage contracts (src/fsood/contract.py) turned
+# into Snakemake's input, output, params, log, threads, resources and shell.
+import re
+
+from fsood import contract
+from fsood.config import validate_params
 from snakemake.utils import validate
 
 # fsood's own check first (names the key and the valid choices, cross-field rules),
@@ -9,10 +12,7 @@ validate_params(config, source="params.yaml")
 validate(config, schema="../../src/fsood/params.schema.yaml", set_default=False)
 
 GRID = config["grid"]
-REPORT = paths.templates(paths.REPORT_DIR, paths.REPORT_FILES)
-CELLS = grid_cells(config)
 GPU = 1 if config["runtime"]["device"] in ("cuda", "auto") else 0
-TRAIN_THREADS = config["runtime"]["threads"]
 
 
 wildcard_constraints:
@@ -21,13 +21,50 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# Cluster requests (SLURM) where a benchmark needs more than the rules' defaults: ImageNet's
-# file lists, decoded batches and ResNet-50 (5 epochs of 1.28M images + as many outliers).
-HEAVY = {"imagenet": {"mem_mb": 64000, "runtime": 2880}}
+def stage_inputs(stage):
+    """{input key: [files]} of one job, listed from the grid (never a glob: no stale cell). A folder
+    appears as its key file (the data manifest, which hashes every set), so that every input is a file
+    whose content Snakemake checksums (profiles/default: max-checksum-file-size)."""
+    return lambda wildcards: contract.input_paths(stage, config, tracked=True, **wildcards)
 
 
-def scale(benchmark, resource, default):
-    return HEAVY.get(benchmark, {}).get(resource, default)
+def stage_outputs(stage):
+    """Output templates; figures and tables also go to `snakemake --report` with their captions."""
+    outs = {}
+    for key, o in stage.outputs.items():
+        path = stage.tracked_template(key)
+        if o.label:
+            labels = {"benchmark": "{benchmark}", "figure" if o.figure else "kind": o.label}
+            caption = f"../report/{o.figure}.rst" if o.figure else None
+            path = report(path, caption=caption, category="Figures" if o.figure else "Tables", labels=labels)
+        outs[key] = path
+    return outs
+
+
+def stage_params(stage):
+    """What reruns the job when it changes (Snakemake records params and compares them): one param a
+    declared params key, holding {key: value}, and one a source file of the stage's code, holding
+    {file: sha256}; a rerun's reason then names just the keys and files that changed."""
+    def param(key):
+        return lambda wildcards: {key.format(**wildcards): contract.lookup(config, key.format(**wildcards))}
+
+    def code(file):
+        return lambda wildcards: {f"src/fsood/{file}": stage.code_hash()[file]}
+
+    named = {f"params_{re.sub(r'[^0-9A-Za-z]+', '_', k)}".rstrip("_"): param(k) for k in stage.params}
+    named.update({f"code_{re.sub(r'[^0-9A-Za-z]+', '_', f)}": code(f) for f in stage.code_files()})
+    return named
+
+
+def stage_threads(stage):
+    """`threads:` reaches torch.set_num_threads (Snakemake exports it as OMP_NUM_THREADS); a DDP
+    fine-tuning job takes at least one thread a process."""
+    def threads(wildcards):
+        n = config["runtime"]["threads"] if stage.resources.threads == "runtime.threads" else stage.resources.threads
+        if stage.name == "finetune":
+            n = max(n, processes(wildcards.benchmark))
+        return n
+    return threads
 
 
 def processes(benchmark):
@@ -35,26 +72,23 @@ def processes(benchmark):
     return config["benchmarks"][benchmark]["finetune"].get("processes", 1)
 
 
-def log_path(stage, *parts):
-    return paths.LOG.format(stage=stage, name="-".join(parts))
+def stage_resources(stage):
+    """Memory and time from the contract, overridden per benchmark by `benchmarks.<b>.resources.<stage>`
+    in params.yaml (ImageNet's fine-tuning); one GPU a process when runtime.device is cuda or auto."""
+    def pick(key):
+        default = getattr(stage.resources, key)
+        return lambda wildcards: config["benchmarks"][wildcards.benchmark].get("resources", {}).get(
+            stage.name, {}).get(key, default)
+
+    out = {"mem_mb": pick("mem_mb"), "runtime": pick("runtime")}
+    if stage.resources.gpu:
+        n = (lambda w: processes(w.benchmark)) if stage.name == "finetune" else (lambda w: 1)
+        none = (lambda w: w.get("method") == "none") if stage.name == "finetune" else (lambda w: False)
+        out["gpu"] = lambda wildcards: 0 if none(wildcards) else GPU * n(wildcards)
+    return out
 
 
 def all_targets():
     """The reports of every benchmark; they pull in every cell of the grid."""
-    return [
-        f
-        for b in GRID["benchmarks"]
-        for f in paths.files(paths.REPORT_DIR, paths.REPORT_FILES, benchmark=b).values()
-    ]
-
-
-def report_inputs(wildcards):
-    """Every cell of this benchmark, listed from the grid (never a glob: no stale cell)."""
-    b = wildcards.benchmark
-    cells = [c for c in CELLS if c.benchmark == b]
-    files = [paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark=b, method=c.method, seed=c.seed)
-             for c in cells]
-    nc = [paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=b, seed=s)["nc"] for s in GRID["seeds"]]
-    history = [paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=b, method=c.method, seed=c.seed)["history"]
-               for c in cells]
-    return [str(f[k]) for f in files for k in ("cache", "metrics")] + [str(p) for p in nc + history]
+    report_stage = contract.stage("report")
+    return [str(p) for b in GRID["benchmarks"] for p in report_stage.outs(benchmark=b).values()]

@@ -27,6 +27,7 @@ Verification, in order:
 from __future__ import annotations
 
 import hashlib
+import functools
 import http.client
 import logging
 import os
@@ -55,7 +56,7 @@ from .readers import (
 )
 
 __all__ = [
-    "SOURCES",
+    "builtin_sources",
     "Checksum",
     "ChecksumMismatch",
     "DatasetError",
@@ -271,15 +272,17 @@ def load_sources(path: str | Path) -> dict[str, Source]:
     return parse_sources(data if data is not None else {}, str(path))
 
 
-SOURCES: dict[str, Source] = parse_sources(
-    yaml.safe_load(resources.files("fsood.datasets").joinpath("sources.yaml").read_text()),
-    "fsood/datasets/sources.yaml",
-)
+@functools.lru_cache(maxsize=1)
+def builtin_sources() -> dict[str, Source]:
+    """``sources.yaml``, read on first use: a stage that fetches nothing never opens it (its contract
+    declares it only for the stages that fetch)."""
+    return parse_sources(yaml.safe_load(resources.files("fsood.datasets").joinpath("sources.yaml").read_text()),
+                         "fsood/datasets/sources.yaml")
 
 
 def sources() -> dict[str, Source]:
     """The registry: ``sources.yaml`` with the entries of ``$FSOOD_SOURCES`` (if set) replacing or added."""
-    merged = dict(SOURCES)
+    merged = dict(builtin_sources())
     named = os.environ.get(SOURCES_ENV, "")
     if named:
         path = Path(named).expanduser()

@@ -5,14 +5,14 @@ import csv
 import io
 from pathlib import Path
 
-from fsood import paths
+from fsood import contract
 from fsood.datasets import BenchmarkData
 from fsood.io import write_text
 from fsood.models import build_model, load_state
 
 
 def benchmark_data(benchmark: str) -> BenchmarkData:
-    return BenchmarkData(paths.DATA_DIR.format(benchmark=benchmark))
+    return BenchmarkData(contract.out("data", "data", benchmark=benchmark))
 
 
 def model_for(params: dict, benchmark: str, data: BenchmarkData):

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 
-from fsood import paths
+from fsood import contract
 from fsood.datasets import materialize
 
 log = logging.getLogger(__name__)
 
 
 def run(params: dict, benchmark: str) -> None:
-    out = paths.DATA_DIR.format(benchmark=benchmark)
+    out = contract.out("data", "data", benchmark=benchmark)
     manifest = materialize(benchmark, params["benchmarks"][benchmark]["data"], out, params["datasets"])
     for name, info in manifest["sets"].items():
         log.info("%s: %d samples of shape %s", name, info["count"], info["shape"])

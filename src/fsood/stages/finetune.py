@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from fsood import distributed as dist
-from fsood import paths
+from fsood import contract
 from fsood import runtime as rt
 from fsood.config import method_params
 from fsood.io import load_npz, save_state_dict, write_bytes
@@ -23,8 +23,8 @@ def run(params: dict, benchmark: str, method: str, seed: int) -> None:
     ctx = dist.from_environment()  # set when a launcher (torchrun) started this process
     if method == "none":  # the pretrained model as is, with its own training curve
         if ctx is None or ctx.is_main:
-            pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
-            out = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)
+            pre = contract.outs("pretrain", benchmark=benchmark, seed=seed)
+            out = contract.outs("finetune", benchmark=benchmark, method=method, seed=seed)
             write_bytes(out["history"], pre["history"].read_bytes())
             write_bytes(out["model"], pre["model"].read_bytes())
         return
@@ -51,7 +51,7 @@ def build_objective(params: dict, benchmark: str, method: str, seed: int, model:
     DDP wrapper), so ``model.fc`` is the classifier every rank trains."""
     mcfg = method_params(params, benchmark, method)  # the global values with the benchmark's overrides
     if mcfg.get("weight_source") == "pretrained":
-        basis = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)["basis"]
+        basis = contract.out("subspace", "basis", benchmark=benchmark, seed=seed)
         frozen = torch.from_numpy(load_npz(basis)["weight"]).float().to(device)
         weight_fn = lambda: frozen  # noqa: E731
     else:
@@ -61,25 +61,16 @@ def build_objective(params: dict, benchmark: str, method: str, seed: int, model:
 
 
 def resume_for(params: dict, benchmark: str, method: str, seed: int, world_size: int) -> Resume:
-    """The cell's resume file, keyed by what decides its training: the benchmark's data, model and
-    finetune params, the method's params, the runtime, the number of ranks, and the hashes of the
-    data manifest, the pretrained model and (when the loss uses it) the frozen basis."""
-    bench = params["benchmarks"][benchmark]
-    mcfg = method_params(params, benchmark, method)
-    inputs = [paths.files(paths.DATA_DIR, {"manifest": "manifest.json"}, benchmark=benchmark)["manifest"],
-              paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)["model"]]
-    if mcfg.get("weight_source") == "pretrained":
-        inputs.append(paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)["basis"])
-    settings = {"data": bench["data"], "model": bench["model"], "finetune": bench["finetune"], "method": mcfg,
-                "runtime": params["runtime"], "world_size": world_size}
-    return Resume.for_cell("finetune", benchmark, method, seed, settings, inputs)
+    """The cell's resume file, keyed by the stage's declared params and input files and the number of ranks."""
+    return Resume.for_job("finetune", params, {"world_size": world_size}, benchmark=benchmark, method=method,
+                          seed=seed)
 
 
 def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed: int) -> None:
     """Train one cell on this rank (the only one when ``ctx`` is ``dist.SINGLE``)."""
     bench = params["benchmarks"][benchmark]
-    pre = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
-    out = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)
+    pre = contract.outs("pretrain", benchmark=benchmark, seed=seed)
+    out = contract.outs("finetune", benchmark=benchmark, method=method, seed=seed)
     device = rt.configure(params["runtime"], seed, ctx.world_size, ctx.rank, ctx.local_rank)
     backend = dist.resolve_backend(params["runtime"]["ddp_backend"], device) if ctx.distributed else None
     data = benchmark_data(benchmark)

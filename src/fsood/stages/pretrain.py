@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from fsood import distributed as dist
-from fsood import paths
+from fsood import contract
 from fsood import runtime as rt
 from fsood.io import save_state_dict
 from fsood.methods import pretrain_objective
@@ -24,7 +24,7 @@ def run(params: dict, benchmark: str, seed: int) -> None:
         raise ValueError(f"pretrain runs in one process; it was started as rank {ctx.rank} of {ctx.world_size} "
                          "(data-parallel training is for the finetune stage: benchmarks.B.finetune.processes)")
     bench = params["benchmarks"][benchmark]
-    out = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)
+    out = contract.outs("pretrain", benchmark=benchmark, seed=seed)
     data = benchmark_data(benchmark)
     published = published_checkpoint(params, benchmark, data)
     if published is not None:  # the paper fine-tunes from a published model (energy_ood's WRN, torchvision's ResNet-50)
@@ -45,10 +45,5 @@ def run(params: dict, benchmark: str, seed: int) -> None:
 
 
 def resume_for(params: dict, benchmark: str, seed: int) -> Resume:
-    """The resume file of a pretraining run, keyed by the benchmark's data, model and pretrain params,
-    the runtime and the hash of the data manifest."""
-    bench = params["benchmarks"][benchmark]
-    manifest = paths.files(paths.DATA_DIR, {"manifest": "manifest.json"}, benchmark=benchmark)["manifest"]
-    settings = {"data": bench["data"], "model": bench["model"], "pretrain": bench["pretrain"],
-                "runtime": params["runtime"]}
-    return Resume.for_cell("pretrain", benchmark, "ce", seed, settings, [manifest])
+    """The resume file of a pretraining run, keyed by the stage's declared params and input files."""
+    return Resume.for_job("pretrain", params, benchmark=benchmark, seed=seed)

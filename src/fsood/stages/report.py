@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fsood import nc, paper, paths, plots
+from fsood import contract, nc, paper, plots
 from fsood.config import score_params
 from fsood.io import load_npz, read_json, write_bytes, write_json, write_text
 from fsood.evaluation import fitted_detector
@@ -43,17 +43,17 @@ def _require(path, stage: str, how: str):
 
 
 def _cell_file(benchmark: str, method: str, seed: int, key: str):
-    path = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark=benchmark, method=method, seed=seed)[key]
+    path = contract.out("score", key, benchmark=benchmark, method=method, seed=seed)
     return _require(path, "score", f"fsood score --benchmark {benchmark} --method {method} --seed {seed}")
 
 
 def _history_file(benchmark: str, method: str, seed: int):
-    path = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)["history"]
+    path = contract.out("finetune", "history", benchmark=benchmark, method=method, seed=seed)
     return _require(path, "finetune", f"fsood finetune --benchmark {benchmark} --method {method} --seed {seed}")
 
 
 def _nc_file(benchmark: str, seed: int):
-    path = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)["nc"]
+    path = contract.out("subspace", "nc", benchmark=benchmark, seed=seed)
     return _require(path, "subspace", f"fsood subspace --benchmark {benchmark} --seed {seed}")
 
 
@@ -268,7 +268,7 @@ def _nc_frame(nc_train: dict) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- stage
 
 def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes | str | dict]:
-    """Every report file's content, keyed as in paths.REPORT_FILES (nothing written yet)."""
+    """Every report file's content, keyed as the report stage's outputs in fsood.contract (nothing written yet)."""
     grid, score_cfg = params["grid"], params["score"]
     main, seed = score_cfg["main"], params["report"]["projection_seed"]
     ood_sets = params["benchmarks"][benchmark]["data"]["ood_sets"]
@@ -314,7 +314,7 @@ def run(params: dict, benchmark: str) -> None:
     params = {**params, "score": score_params(params, benchmark)}  # with the benchmark's overrides
     inputs = load_inputs(params, benchmark)
     outputs = build_outputs(params, benchmark, inputs)
-    targets = paths.files(paths.REPORT_DIR, paths.REPORT_FILES, benchmark=benchmark)
+    targets = contract.outs("report", benchmark=benchmark)
     for key, content in outputs.items():
         if isinstance(content, dict):
             write_json(targets[key], content)

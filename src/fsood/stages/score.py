@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsood import paths, provenance
+from fsood import contract, provenance
 from fsood import runtime as rt
 from fsood.config import score_params
 from fsood.evaluation import FIT_SET, metrics_from_cache
@@ -79,7 +79,7 @@ def build_cache(params: dict, benchmark: str, method: str, seed: int) -> dict[st
     """Logits and features of ID test, every OOD set and the ID-train subset, the classifier (W, b), ODIN."""
     device = rt.configure(params["runtime"], seed)
     data = benchmark_data(benchmark)
-    ckpt = paths.files(paths.CELL_DIR, paths.FINETUNE_FILES, benchmark=benchmark, method=method, seed=seed)["model"]
+    ckpt = contract.out("finetune", "model", benchmark=benchmark, method=method, seed=seed)
     model = rt.prepare_model(load_model(params, benchmark, data, ckpt), params["runtime"], device)
     norm = params["benchmarks"][benchmark]["data"]["normalize"]
     score_cfg = score_params(params, benchmark)
@@ -113,7 +113,7 @@ def metric_groups(manifest: dict) -> dict[str, list[str]]:
 
 
 def run(params: dict, benchmark: str, method: str, seed: int) -> None:
-    out = paths.files(paths.CELL_DIR, paths.SCORE_FILES, benchmark=benchmark, method=method, seed=seed)
+    out = contract.outs("score", benchmark=benchmark, method=method, seed=seed)
     cache = build_cache(params, benchmark, method, seed)
     save_npz(out["cache"], cache)
     score_cfg = score_params(params, benchmark)

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from fsood import nc, paths
+from fsood import contract, nc
 from fsood import runtime as rt
 from fsood.io import save_npz, write_json
 from fsood.stages.common import benchmark_data, load_model
@@ -17,13 +17,13 @@ log = logging.getLogger(__name__)
 def run(params: dict, benchmark: str, seed: int) -> None:
     device = rt.configure(params["runtime"], seed)
     data = benchmark_data(benchmark)
-    checkpoint = paths.files(paths.PRETRAIN_DIR, paths.PRETRAIN_FILES, benchmark=benchmark, seed=seed)["model"]
+    checkpoint = contract.out("pretrain", "model", benchmark=benchmark, seed=seed)
     model = rt.prepare_model(load_model(params, benchmark, data, checkpoint), params["runtime"], device)
     x, y = data.load("id_train")
     logits, feats = forward_pass(model, x, params["runtime"], device, params["benchmarks"][benchmark]["data"]["normalize"])
     weight = model.fc.weight.detach().cpu().double().numpy()
     bias = model.fc.bias.detach().cpu().double().numpy()
-    out = paths.files(paths.SUBSPACE_DIR, paths.SUBSPACE_FILES, benchmark=benchmark, seed=seed)
+    out = contract.outs("subspace", benchmark=benchmark, seed=seed)
     save_npz(out["features"], {"logits": logits, "features": feats, "labels": y})
 
     metrics = nc.nc_metrics(feats, y, weight, bias)

@@ -1,0 +1,387 @@
+"""Every pipeline stage's contract, declared once: the one place that says what a stage is.
+
+For each stage: its wildcards, its command, the upstream outputs it reads, the files it writes,
+the params keys it reads, the fsood code it runs, its resources. Everything else reads this:
+
+- the Snakemake rules (``workflow/rules/<stage>.smk``: input, output, params, log, threads, resources, shell),
+- ``dvc.yaml``, written from it by ``python -m fsood dvc-yaml`` (tests fail when the committed file differs),
+- the CLI (one subcommand a stage, with the wildcards it needs),
+- provenance and ``fsood rebuild`` (a cell's input and output files, the params that define it),
+- the resume keys of the training stages (their params and input files).
+
+Params keys are dotted templates (``benchmarks.{benchmark}.pretrain``): an edit of a key reruns exactly
+the stages that declare it (or a key below or above it). ``tests/test_contract_audit.py`` runs every stage
+of the digits benchmark with params that record each key read and proves that no stage reads a key, a
+module or a package file it does not declare.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent  # src/fsood
+LOG = "logs/{stage}/{name}.log"  # outside every DVC-tracked folder: a stray file would change an output's hash
+GRID_KEYS = {"benchmark": "benchmarks", "method": "methods", "seed": "seeds"}  # wildcard -> grid.<key>
+
+
+@dataclass(frozen=True)
+class Output:
+    """One file a stage writes, ``name`` inside the stage's folder (``""``: the folder itself).
+
+    ``kind``: ``out`` (DVC cache), ``metrics`` or ``plots`` (small text kept in git, ``cache: false``).
+    A folder output names its ``key_file``: the file Snakemake tracks in its place (Snakemake writes a
+    ``.snakemake_timestamp`` into directory outputs, which would change DVC's hash of the folder), and
+    which holds a hash of every other file in the folder (the data manifest)."""
+
+    name: str
+    kind: str = "out"
+    cache: bool = True
+    key_file: str | None = None
+    plot: tuple[str, str] | None = None  # (x, y) for dvc plots
+    figure: str | None = None  # caption file in workflow/report/ (Snakemake --report)
+    label: str | None = None  # what the Snakemake report calls it
+
+
+@dataclass(frozen=True)
+class Input:
+    """Output ``output`` of stage ``stage``; ``over``: wildcards taken over the whole grid (the report reads
+    every cell of its benchmark, listed from the grid, never globbed: a stale cell cannot slip in)."""
+
+    stage: str
+    output: str
+    over: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resources:
+    threads: int | str = 1  # a number, or "runtime.threads"
+    mem_mb: int = 2000
+    runtime: int = 60  # minutes
+    gpu: bool = False  # one GPU a process when runtime.device is cuda or auto
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    wildcards: tuple[str, ...]
+    folder: str
+    outputs: dict[str, Output]
+    inputs: dict[str, Input] = field(default_factory=dict)
+    params: tuple[str, ...] = ()  # dotted keys whose values define the outputs
+    untracked: tuple[str, ...] = ()  # keys read that cannot change the outputs (where archives are looked up)
+    entry: tuple[str, ...] = ()  # modules the stage runs; the code is their fsood import closure
+    files: tuple[str, ...] = ()  # package data files read, relative to src/fsood
+    resources: Resources = Resources()
+
+    # ------------------------------------------------------------------ paths
+    def out(self, key: str, **wildcards) -> Path:
+        """Path of output ``key`` for concrete wildcards."""
+        return Path(self.template(key).format(**wildcards))
+
+    def outs(self, **wildcards) -> dict[str, Path]:
+        return {key: self.out(key, **wildcards) for key in self.outputs}
+
+    def template(self, key: str) -> str:
+        name = self.outputs[key].name
+        return f"{self.folder}/{name}" if name else self.folder
+
+    def tracked_template(self, key: str) -> str:
+        """What Snakemake tracks for output ``key`` (a folder's key file)."""
+        o = self.outputs[key]
+        return f"{self.template(key)}/{o.key_file}" if o.key_file else self.template(key)
+
+    def log(self, **wildcards) -> str:
+        return LOG.format(stage=self.name, name="-".join(str(wildcards[w]) for w in self.wildcards))
+
+    def command(self, **wildcards) -> str:
+        """The shell command both tools run (``python -m fsood <stage> ...``)."""
+        args = " ".join(f"--{w} {wildcards[w]}" for w in self.wildcards)
+        return f"python -m fsood {self.name} --params params.yaml {args} --log {self.log(**wildcards)}"
+
+    # ------------------------------------------------------------------ params
+    def param_keys(self, **wildcards) -> list[str]:
+        return [key.format(**wildcards) for key in self.params]
+
+    def param_values(self, params: dict, **wildcards) -> dict[str, object]:
+        """``{dotted key: value}`` of every declared key (``None`` where the key is absent)."""
+        return {key: lookup(params, key) for key in self.param_keys(**wildcards)}
+
+    # ------------------------------------------------------------------ code
+    def code_files(self) -> list[str]:
+        """The fsood source files the stage runs (relative to src/fsood): the import closure of
+        ``entry``, plus the package data files it reads."""
+        return sorted(set(import_closure(self.entry)) | set(self.files))
+
+    def code_hash(self) -> dict[str, str]:
+        """``{file: sha256[:16]}`` of the stage's code: an edit of one of them reruns the stage."""
+        return {f: _file_digest(SRC / f) for f in self.code_files()}
+
+
+# The harness every stage runs through; none of it computes an output (argument parsing, logging,
+# the workspace lock, this contract), so an edit of it reruns nothing. What it reads, params.yaml and
+# the files named here, is declared stage by stage.
+HARNESS = ("fsood.__main__", "fsood.cli", "fsood.lock", "fsood.contract", "fsood.rebuild")
+NORMALIZE = "benchmarks.{benchmark}.data.normalize"
+MODEL = "benchmarks.{benchmark}.model"
+DATA = Input("data", "data")
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage(
+        "data", "Stage 1: materialise every set of a benchmark as uint8 arrays.",
+        ("benchmark",), "data/{benchmark}",
+        outputs={"data": Output("", key_file="manifest.json")},
+        params=("benchmarks.{benchmark}.data",),
+        untracked=("datasets",),
+        entry=("fsood.stages.data",), files=("datasets/sources.yaml", "datasets/tinyimagenet_cifar10_overlap.tsv"),
+        resources=Resources(mem_mb=2000, runtime=30),
+    ),
+    Stage(
+        "pretrain", "Stage 2: train the ID classifier with cross-entropy (or load a published one).",
+        ("benchmark", "seed"), "results/{benchmark}/pretrain/seed{seed}",
+        outputs={"model": Output("model.pt"),
+                 "history": Output("history.csv", kind="plots", cache=False, plot=("epoch", "total"))},
+        inputs={"data": DATA},
+        params=(NORMALIZE, MODEL, "benchmarks.{benchmark}.pretrain", "runtime"),
+        untracked=("datasets",),
+        entry=("fsood.stages.pretrain",), files=("datasets/sources.yaml",),
+        resources=Resources(threads="runtime.threads", mem_mb=4000, runtime=240, gpu=True),
+    ),
+    Stage(
+        "subspace", "Stage 3: ID training features, NC1-NC4 and the basis of span(W).",
+        ("benchmark", "seed"), "results/{benchmark}/subspace/seed{seed}",
+        outputs={"features": Output("features.npz"), "basis": Output("basis.npz"),
+                 "nc": Output("nc.json", kind="metrics", cache=False)},
+        inputs={"data": DATA, "model": Input("pretrain", "model")},
+        params=(NORMALIZE, MODEL, "runtime"),
+        entry=("fsood.stages.subspace",),
+        resources=Resources(mem_mb=4000, runtime=60, gpu=True),
+    ),
+    Stage(
+        "finetune", "Stage 4: fine-tune with auxiliary outliers (method none keeps the pretrained model).",
+        ("benchmark", "method", "seed"), "results/{benchmark}/{method}/seed{seed}",
+        outputs={"model": Output("model.pt"),
+                 "history": Output("history.csv", kind="plots", cache=False, plot=("epoch", "total"))},
+        inputs={"data": DATA, "pretrained": Input("pretrain", "model"),
+                "pretrain_history": Input("pretrain", "history"), "basis": Input("subspace", "basis")},
+        params=(NORMALIZE, MODEL, "benchmarks.{benchmark}.finetune", "methods.{method}",
+                "benchmarks.{benchmark}.methods", "runtime"),
+        entry=("fsood.stages.finetune",),
+        resources=Resources(threads="runtime.threads", mem_mb=4000, runtime=480, gpu=True),
+    ),
+    Stage(
+        "score", "Stage 5: one forward pass per test set into the cache; every score from the cache.",
+        ("benchmark", "method", "seed"), "results/{benchmark}/{method}/seed{seed}",
+        outputs={"cache": Output("cache.npz"),
+                 "metrics": Output("metrics.json", kind="metrics", cache=False),
+                 # versions, device, seeds, params and input / output hashes, for `fsood rebuild`
+                 "provenance": Output("provenance.json", cache=False)},
+        inputs={"data": DATA, "model": Input("finetune", "model")},
+        # its own keys, then the finetune keys provenance.json records (`fsood rebuild` reruns both)
+        params=(NORMALIZE, MODEL, "score", "benchmarks.{benchmark}.score", "runtime",
+                "benchmarks.{benchmark}.finetune", "methods.{method}", "benchmarks.{benchmark}.methods"),
+        entry=("fsood.stages.score",),
+        resources=Resources(mem_mb=4000, runtime=60, gpu=True),
+    ),
+    Stage(
+        "report", "Stage 6: tables (mean +- std over seeds) and figures of one benchmark.",
+        ("benchmark",), "reports/{benchmark}",
+        outputs={
+            "table_md": Output("summary.md", cache=False, label="summary"),
+            "table_csv": Output("summary.csv", cache=False),
+            "summary": Output("summary.json", kind="metrics", cache=False),
+            "paper_md": Output("paper_comparison.md", cache=False, label="paper comparison"),
+            "paper_csv": Output("paper_comparison.csv", cache=False),
+            "histograms": Output("score_histograms.png", figure="histograms", label="score histograms"),
+            "projection": Output("projection.png", figure="projection", label="Fig. 2 projection"),
+            "heatmap": Output("fpr95_heatmap.png", figure="heatmap", label="FPR95 heatmap"),
+            "nc": Output("nc_metrics.png", figure="nc", label="NC metrics"),
+            "curves": Output("training_curves.png", figure="curves", label="training curves"),
+        },
+        inputs={"cache": Input("score", "cache", over=("method", "seed")),
+                "metrics": Input("score", "metrics", over=("method", "seed")),
+                "nc": Input("subspace", "nc", over=("seed",)),
+                "history": Input("finetune", "history", over=("method", "seed"))},
+        params=("grid", "report", "score", "benchmarks.{benchmark}.score", "benchmarks.{benchmark}.data.ood_sets",
+                "benchmarks.{benchmark}.finetune.stage2_epoch"),
+        entry=("fsood.stages.report",), files=("paper_results.yaml",),
+        resources=Resources(mem_mb=2000, runtime=30),
+    ),
+)}
+
+
+def stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"no stage {name!r} (stages: {list(STAGES)})") from None
+
+
+def out(stage_name: str, key: str, **wildcards) -> Path:
+    """Shorthand: ``out("pretrain", "model", benchmark="digits", seed=0)``."""
+    return stage(stage_name).out(key, **wildcards)
+
+
+def outs(stage_name: str, **wildcards) -> dict[str, Path]:
+    return stage(stage_name).outs(**wildcards)
+
+
+def manifest(benchmark: str) -> Path:
+    """The data manifest: the data folder's key file (it holds the sha256 of every set)."""
+    data = STAGES["data"]
+    return data.out("data", benchmark=benchmark) / data.outputs["data"].key_file
+
+
+# ---------------------------------------------------------------------------- params
+
+def lookup(params: dict, dotted: str, default=None):
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def overlaps(template: str, key: str) -> bool:
+    """Does a declared key (a template like ``benchmarks.{benchmark}.data``, or a concrete key) overlap an
+    edited key: is one of them the other, or below it? ``{...}`` parts match any name."""
+    t, k = template.split("."), key.split(".")
+    return all(a == b or a.startswith("{") for a, b in zip(t, k))
+
+
+# ---------------------------------------------------------------------------- inputs and jobs
+
+def cells_of(stage_: Stage, params: dict, benchmark: str | None = None) -> list[dict]:
+    """Every wildcard combination of ``stage_`` in the grid (optionally one benchmark's)."""
+    grid = params["grid"]
+    values = [[benchmark] if w == "benchmark" and benchmark else grid[GRID_KEYS[w]] for w in stage_.wildcards]
+    return [dict(zip(stage_.wildcards, combo)) for combo in itertools.product(*values)]
+
+
+def input_paths(stage_: Stage, params: dict, tracked: bool = False, **wildcards) -> dict[str, list[str]]:
+    """``{input key: [paths]}`` of one job. ``tracked``: a folder as its key file (Snakemake's view)."""
+    out: dict[str, list[str]] = {}
+    for key, inp in stage_.inputs.items():
+        up = stage(inp.stage)
+        template = up.tracked_template(inp.output) if tracked else up.template(inp.output)
+        combos = itertools.product(*[params["grid"][GRID_KEYS[w]] for w in inp.over])  # grid read only if used
+        fixed = {w: wildcards[w] for w in up.wildcards if w not in inp.over}
+        out[key] = [template.format(**fixed, **dict(zip(inp.over, combo))) for combo in combos]
+    return out
+
+
+def job_name(stage_: Stage, **wildcards) -> str:
+    """DVC's name of one job of a matrix stage (``finetune@digits-sep-0``)."""
+    return f"{stage_.name}@" + "-".join(str(wildcards[w]) for w in stage_.wildcards)
+
+
+def jobs(params: dict) -> list[tuple[Stage, dict]]:
+    """Every job of the grid: (stage, wildcards), in stage order."""
+    return [(s, cell) for s in STAGES.values() for cell in cells_of(s, params)]
+
+
+def direct_dependents(params: dict, edited: str, kind: str = "param") -> set[str]:
+    """Jobs (``stage@cell``) that declare ``edited`` themselves: a dotted params key (``kind='param'``)
+    or a file relative to src/fsood (``kind='code'``). What reruns after the edit is these and,
+    through their outputs, everything downstream of them."""
+    hit = set()
+    for s, cell in jobs(params):
+        if kind == "param":
+            found = any(overlaps(key, edited) for key in s.param_keys(**cell))
+        else:
+            found = edited in s.code_files()
+        if found:
+            hit.add(job_name(s, **cell))
+    return hit
+
+
+def downstream(params: dict, names: set[str]) -> set[str]:
+    """``names`` and every job that reads, directly or not, an output of one of them."""
+    producers = {}
+    for s, cell in jobs(params):
+        for key in s.outputs:
+            producers[s.template(key).format(**cell)] = job_name(s, **cell)
+    closure, changed = set(names), True
+    while changed:
+        changed = False
+        for s, cell in jobs(params):
+            name = job_name(s, **cell)
+            if name in closure:
+                continue
+            ins = [p for paths_ in input_paths(s, params, **cell).values() for p in paths_]
+            if any(producers.get(p) in closure for p in ins):
+                closure.add(name)
+                changed = True
+    return closure
+
+
+# ---------------------------------------------------------------------------- code
+
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([.\w]+)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]+)|import[ \t]+([^\n#]+))",
+                     re.MULTILINE)
+
+
+def _module_file(module: str) -> str | None:
+    """``fsood.a.b`` -> ``a/b.py`` or ``a/b/__init__.py`` (relative to src/fsood), None if not fsood's."""
+    parts = module.split(".")
+    if parts[0] != "fsood":
+        return None
+    rel = Path(*parts[1:]) if len(parts) > 1 else Path()
+    for cand in (rel.with_suffix(".py") if parts[1:] else None, rel / "__init__.py"):
+        if cand is not None and (SRC / cand).is_file():
+            return cand.as_posix()
+    return None
+
+
+def _imports(rel: str) -> set[str]:
+    """fsood modules imported anywhere in one file (module level or inside functions)."""
+    package = ("fsood." + rel[:-3].replace("/", ".")).removesuffix(".__init__")
+    if not rel.endswith("__init__.py"):
+        package = package.rsplit(".", 1)[0]
+    found = set()
+    for base, names, plain in _IMPORT.findall((SRC / rel).read_text()):
+        if plain:
+            found.update(n.split(" as ")[0].strip() for n in plain.split(","))
+            continue
+        if base.startswith("."):
+            up = len(base) - len(base.lstrip("."))
+            base = ".".join(package.split(".")[: len(package.split(".")) - up + 1] + [base.lstrip(".")]).rstrip(".")
+        found.add(base)
+        for name in names.strip("()").replace("\n", " ").split(","):
+            name = name.split(" as ")[0].strip()
+            if name:
+                found.add(f"{base}.{name}")
+    return {m for m in found if m.startswith("fsood")}
+
+
+def _with_parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+@functools.lru_cache(maxsize=None)
+def import_closure(entry: tuple[str, ...]) -> tuple[str, ...]:
+    """Source files (relative to src/fsood) of ``entry`` and every fsood module they import, directly or
+    not, at module level or inside a function, with the packages' ``__init__`` files (importing
+    ``fsood.a.b`` runs ``fsood/__init__.py`` and ``fsood/a/__init__.py``). The harness is left out."""
+    todo, seen = list(entry), set()
+    while todo:
+        module = todo.pop()
+        for m in _with_parents(module):
+            if m in seen or m in HARNESS:
+                continue
+            seen.add(m)
+            rel = _module_file(m)
+            if rel is not None:
+                todo.extend(_imports(rel))
+    return tuple(sorted(f for m in seen if (f := _module_file(m)) is not None))
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
