@@ -130,6 +130,18 @@ def _check_overrides(name: str, section: str, overrides: dict, defaults: dict) -
     return problems
 
 
+def _check_declared(name: str, data: dict) -> list[str]:
+    """What the schema cannot say plainly about a declared benchmark's sets."""
+    where = f"benchmarks.{name}.data"
+    specs = [("id", data["id"])] + [(f"outliers.sources[{i}]", s) for i, s in enumerate(data["outliers"]["sources"])]
+    specs += [(f"ood_sets.{k}", s) for k, s in data["ood_sets"].items()]
+    problems = [f"{where}.{key} names both a source and a folder; give one" for key, spec in specs
+                if "source" in spec and "folder" in spec]
+    problems += [f"{where}.{key}.count: outlier sources are pooled, their cap is {where}.outliers.count"
+                 for key, spec in specs if key.startswith("outliers.") and "count" in spec]
+    return problems
+
+
 def _check_cross_fields(params: dict, source: str) -> None:
     problems = []
     grid = params["grid"]
@@ -140,6 +152,8 @@ def _check_cross_fields(params: dict, source: str) -> None:
                 f"(defined: {sorted(params['benchmarks'])})"
             )
     for name, bench in params["benchmarks"].items():
+        if "id" in bench["data"]:
+            problems += _check_declared(name, bench["data"])
         ft = bench["finetune"]
         if ft["stage2_epoch"] > ft["epochs"]:
             problems.append(
