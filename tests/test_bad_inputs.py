@@ -38,6 +38,7 @@ KINDS = {
     "unsafe_members": "Archive member with `..`, an absolute path or a link",
     "undecodable_images": "Image that fails to decode",
     "bad_params": "Bad params (wrong type, unknown key, empty grid, duplicate seeds, ...)",
+    "bad_declaration": "A declared benchmark whose sets cannot be built",
     "bad_checkpoints": "Checkpoint of another architecture / class count, or not a plain state dict",
     "nonfinite_loss": "Loss that turns NaN or inf",
     "missing_mirror": "Mirror folder that does not exist",

@@ -13,6 +13,7 @@ from fsood.cli import main
 from fsood.config import ParamsError, grid_cells, load_params, validate_params
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+MINI = "benchmarks.cifar10-mini"
 
 
 def changed(**changes) -> dict:
@@ -29,7 +30,8 @@ def test_shipped_params_are_valid():
     "changes, expected",
     [
         ({"grid.methods": ["oe", "sepp"]}, ["grid.methods[1]", "'sepp' is not one of", "'sep'"]),
-        ({"grid.benchmarks": ["cifar"]}, ["grid.benchmarks[0]", "'cifar'", "'digits'", "'cifar10-mini'"]),
+        ({"grid.benchmarks": ["cifar"]}, ["grid.benchmarks names 'cifar'", "'digits'", "'cifar10-mini'"]),
+        ({"grid.benchmarks": ["My Bench"]}, ["grid.benchmarks[0]", "'My Bench' does not match"]),
         ({"score.scores": ["fs", "odinn"]}, ["score.scores[1]", "'odinn'", "'maxlogit'"]),
         ({"benchmarks.digits.finetune.lr": "fast"}, ["benchmarks.digits.finetune.lr", "not of type 'number'"]),
         ({"benchmarks.digits.pretrain.epochs": 2.5}, ["benchmarks.digits.pretrain.epochs", "integer"]),
@@ -45,10 +47,24 @@ def test_shipped_params_are_valid():
         ({"score.main": "energy", "score.scores": ["fs"]}, ["score.main='energy' is not in score.scores"]),
         ({"report.projection_ood.digits": "svhn"}, ["report.projection_ood.digits='svhn'", "photo_china"]),
         ({"report.projection_ood.cifar10-mini": DELETE}, ["report.projection_ood.cifar10-mini=None", "textures"]),
-        ({"benchmarks.cifar10-mini.data.subset.id_train": 0}, ["benchmarks.cifar10-mini.data.subset.id_train"]),
-        ({"benchmarks.cifar10-mini.data.ood_sets": ["textures", "svhn"]},
-         ["benchmarks.cifar10-mini.data.ood_sets[1]", "'svhn'", "'tin_holdout'"]),
-        ({"benchmarks.cifar10-mini.data.id_classes": [0, 1]}, ["'id_classes' was unexpected"]),
+        # a declared benchmark (cifar10-mini): its parts
+        ({f"{MINI}.data.id.count": {"train": 0, "test": 5}}, [f"{MINI}.data.id.count.train", "minimum of 1"]),
+        ({f"{MINI}.data.ood_sets.noise": {"synthetic": "pink", "count": 5}},
+         [f"{MINI}.data.ood_sets.noise.synthetic", "'pink'", "'rademacher'"]),
+        ({f"{MINI}.data.ood_sets.outliers": {"synthetic": "blobs", "count": 5}},
+         [f"{MINI}.data.ood_sets", "'outliers' should not be valid"]),
+        ({f"{MINI}.data.ood_sets.svhn": {"source": "svhn-test", "count": 5}},
+         [f"{MINI}.data.ood_sets.svhn", "'split' is a required property"]),
+        ({f"{MINI}.data.ood_sets": {}}, [f"{MINI}.data.ood_sets", "should be non-empty"]),
+        ({f"{MINI}.data.id.folder": "pets"}, [f"{MINI}.data.id names both a source and a folder"]),
+        ({f"{MINI}.data.outliers.sources": [{"source": "tinyimagenet32", "split": "train", "count": 5}]},
+         [f"{MINI}.data.outliers.sources[0].count: outlier sources are pooled", f"{MINI}.data.outliers.count"]),
+        ({f"{MINI}.data.id.classes": [{"path": "x.txt"}]}, [f"{MINI}.data.id.classes[0]", "'file' is a required"]),
+        ({f"{MINI}.data.resize": "stretch"}, [f"{MINI}.data.resize", "'stretch' is not one of ['crop', 'none']"]),
+        ({f"{MINI}.notes": 5}, [f"{MINI}.notes", "not of type 'string'"]),
+        ({f"{MINI}.data.id_classes": [0, 1]}, ["'id_classes' was unexpected"]),
+        ({f"{MINI}.data.id.classes": ["cat", "dog"], "report.projection_classes": [0, 2]},
+         ["report.projection_classes [2] out of range for 2 ID classes of 'cifar10-mini'"]),
         ({"datasets.mirrors": "../shared/data/mirror"}, ["datasets.mirrors", "not of type 'array'"]),
         ({"datasets": DELETE}, ["'datasets' is a required property"]),
         ({"report.projection_seed": 5}, ["report.projection_seed=5 is not in grid.seeds"]),
@@ -72,6 +88,18 @@ def test_bad_params_are_refused_with_a_message_naming_them(changes, expected):
         validate_params(changed(**changes))
     for fragment in expected:
         assert fragment in str(err.value), str(err.value)
+
+
+def test_declared_benchmark_counts_its_classes_from_the_declaration():
+    from fsood.config import num_classes
+
+    bench = PARAMS["benchmarks"]["cifar10-mini"]
+    assert num_classes("cifar10-mini", bench) == 10  # its class list, not a table keyed by name
+    kept = changed(**{f"{MINI}.data.id.classes": ["cat", "dog", "frog"]})["benchmarks"]["cifar10-mini"]
+    assert num_classes("anything", kept) == 3
+    every = changed(**{f"{MINI}.data.id.classes": None})["benchmarks"]["cifar10-mini"]
+    assert num_classes("cifar10-mini", every) is None  # all of the source's: only the data stage knows
+    assert validate_params(changed(**{f"{MINI}.data.id.classes": None, f"{MINI}.data.normalize": DELETE}))
 
 
 @pytest.mark.trust(kind="bad_params")

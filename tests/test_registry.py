@@ -104,7 +104,7 @@ def good(tmp_path) -> tuple[Source, Path]:
 
 # --- the registry's own sources -----------------------------------------------------------
 
-# names the benchmark builders (cifar10_mini, cifar_paper, imagenet) and params.yaml read
+# names the benchmark builders (cifar_paper, imagenet) and params.yaml (declared cifar10-mini) read
 NEEDED = ["cifar10-jpg", "tinyimagenet32", "dtd10", "cifar10-binary", "cifar100-binary", "cifar10-python",
           "cifar100-python", "svhn-test", "lsun-crop", "lsun-resize", "isun", "dtd", "places365",
           "tiny-imagenet-200", "tiny-images-300k", "energy-ood-wrn-cifar10", "energy-ood-wrn-cifar100",

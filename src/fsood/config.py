@@ -67,12 +67,26 @@ def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     return error
 
 
-NUM_CLASSES = {"cifar10-mini": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+# The paper's benchmarks, whose builders read fixed formats: their class counts are the formats'.
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 
-def num_classes(benchmark: str, bench: dict) -> int:
-    """ID classes of a benchmark, from its params alone (before any data exists)."""
-    return len(bench["data"]["id_classes"]) if benchmark == "digits" else NUM_CLASSES[benchmark]
+def num_classes(benchmark: str, bench: dict) -> int | None:
+    """ID classes of a benchmark, from its params alone (before any data exists); None where only
+    the data stage can tell (a declared benchmark that keeps every class of its source, or names
+    them in a file)."""
+    data = bench["data"]
+    if "id" in data:  # declared from parts
+        classes = data["id"].get("classes")
+        return len(classes) if classes and all(isinstance(c, str) for c in classes) else None
+    if "id_classes" in data:  # the digits analog
+        return len(data["id_classes"])
+    return NUM_CLASSES[benchmark]
+
+
+def ood_set_names(bench: dict) -> list[str]:
+    """The OOD test sets of a benchmark: a builder's list, or a declared benchmark's mapping's keys."""
+    return list(bench["data"]["ood_sets"])
 
 
 def _merged(defaults: dict, overrides: dict) -> dict:
@@ -116,6 +130,18 @@ def _check_overrides(name: str, section: str, overrides: dict, defaults: dict) -
     return problems
 
 
+def _check_declared(name: str, data: dict) -> list[str]:
+    """What the schema cannot say plainly about a declared benchmark's sets."""
+    where = f"benchmarks.{name}.data"
+    specs = [("id", data["id"])] + [(f"outliers.sources[{i}]", s) for i, s in enumerate(data["outliers"]["sources"])]
+    specs += [(f"ood_sets.{k}", s) for k, s in data["ood_sets"].items()]
+    problems = [f"{where}.{key} names both a source and a folder; give one" for key, spec in specs
+                if "source" in spec and "folder" in spec]
+    problems += [f"{where}.{key}.count: outlier sources are pooled, their cap is {where}.outliers.count"
+                 for key, spec in specs if key.startswith("outliers.") and "count" in spec]
+    return problems
+
+
 def _check_cross_fields(params: dict, source: str) -> None:
     problems = []
     grid = params["grid"]
@@ -126,17 +152,19 @@ def _check_cross_fields(params: dict, source: str) -> None:
                 f"(defined: {sorted(params['benchmarks'])})"
             )
     for name, bench in params["benchmarks"].items():
+        if "id" in bench["data"]:
+            problems += _check_declared(name, bench["data"])
         ft = bench["finetune"]
         if ft["stage2_epoch"] > ft["epochs"]:
             problems.append(
                 f"benchmarks.{name}.finetune.stage2_epoch={ft['stage2_epoch']} exceeds epochs={ft['epochs']}"
             )
-        norm = bench["data"]["normalize"]
-        if len(norm["mean"]) != len(norm["std"]):
+        norm = bench["data"].get("normalize")  # a declared benchmark may leave it to the data stage
+        if norm and len(norm["mean"]) != len(norm["std"]):
             problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")
         problems += _check_overrides(name, "methods", bench["methods"], params["methods"])
         problems += _check_overrides(name, "score", bench["score"], params["score"])
-        ood_sets = bench["data"]["ood_sets"] + bench["data"].get("hard_ood_sets", [])
+        ood_sets = ood_set_names(bench) + bench["data"].get("hard_ood_sets", [])
         if not bench["data"]["ood_sets"]:
             problems.append(f"benchmarks.{name}.data.ood_sets is empty: the benchmark needs at least one OOD set")
         overlap = set(bench["data"]["ood_sets"]) & set(bench["data"].get("hard_ood_sets", []))
@@ -151,7 +179,7 @@ def _check_cross_fields(params: dict, source: str) -> None:
                 f"benchmark {name!r} (valid: {ood_sets})"
             )
         n_classes = num_classes(name, bench)
-        bad = [c for c in params["report"]["projection_classes"] if c >= n_classes]
+        bad = [c for c in params["report"]["projection_classes"] if n_classes is not None and c >= n_classes]
         if bad:
             problems.append(f"report.projection_classes {bad} out of range for {n_classes} ID classes of {name!r}")
     if params["score"]["main"] not in params["score"]["scores"]:

@@ -207,6 +207,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                 "nc": Input("subspace", "nc", over=("seed",)),
                 "history": Input("finetune", "history", over=("method", "seed"))},
         params=("grid", "report", "score", "benchmarks.{benchmark}.score", "benchmarks.{benchmark}.data.ood_sets",
+                "benchmarks.{benchmark}.notes",
                 "benchmarks.{benchmark}.finetune.stage2_epoch"),
         entry=("fsood.stages.report",), files=("paper_results.yaml",),
         resources=Resources(mem_mb=2000, runtime=30),

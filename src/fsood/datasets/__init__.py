@@ -1,4 +1,9 @@
-"""Benchmark datasets: builders that materialise every set of a benchmark as uint8 arrays."""
+"""Benchmark datasets: every set of a benchmark materialised as uint8 arrays.
+
+A benchmark is either declared in params.yaml from parts (``declared``: any name) or, where a
+format needs code of its own (the paper's CIFAR binaries, ImageNet's file lists, the digits
+analog), made by a builder chosen by name (``BUILDERS``).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +13,7 @@ import numpy as np
 
 from fsood.io import atomic_path, load_npz, read_json, save_npz, write_json, write_text
 
-from . import cifar10_mini, cifar_paper, digits, imagenet, registry
+from . import cifar_paper, declared, digits, imagenet, registry
 from .image_files import ImageFiles, list_sha256
 
 # name -> build(data cfg, fetch) -> (sets, manifest); fetch(source name) -> verified archive.
@@ -16,7 +21,6 @@ from .image_files import ImageFiles, list_sha256
 # {"files": [relative paths], "root": folder, "y": int64}: a list decoded lazily (ImageFiles).
 BUILDERS = {
     "digits": lambda cfg, fetch: digits.build(cfg),
-    "cifar10-mini": cifar10_mini.build,
     "cifar10": lambda cfg, fetch: cifar_paper.build("cifar10", cfg, fetch),
     "cifar100": lambda cfg, fetch: cifar_paper.build("cifar100", cfg, fetch),
     "imagenet": imagenet.build,
@@ -32,8 +36,9 @@ def materialize(benchmark: str, cfg: dict, out_dir: str | Path, datasets_cfg: di
 
     ``datasets_cfg`` ({mirrors, download_dir}) says where archives are looked up and saved.
     """
-    if benchmark not in BUILDERS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {sorted(BUILDERS)}")
+    if not declared.is_declared(cfg) and benchmark not in BUILDERS:
+        raise ValueError(f"benchmark {benchmark!r} has no builder (builders: {sorted(BUILDERS)}) and its data "
+                         f"section declares no sets (no 'id' key)")
     datasets_cfg = datasets_cfg or {"mirrors": [], "download_dir": "data/downloads"}
 
     fetched: dict[str, dict] = {}
@@ -46,7 +51,10 @@ def materialize(benchmark: str, cfg: dict, out_dir: str | Path, datasets_cfg: di
                                "sha256": registry.recorded_sha256(src, path)}
         return path
 
-    sets, manifest = BUILDERS[benchmark](cfg, fetch)
+    if declared.is_declared(cfg):
+        sets, manifest = declared.build(benchmark, cfg, fetch)
+    else:
+        sets, manifest = BUILDERS[benchmark](cfg, fetch)
     if fetched:
         manifest.setdefault("sources", fetched)
     for name, arrays in sets.items():
@@ -83,6 +91,7 @@ class BenchmarkData:
         self.num_classes = self.manifest["num_classes"]
         self.in_channels = self.manifest["in_channels"]
         self.ood_sets = self.manifest["ood_sets"]
+        self.normalize = self.manifest.get("normalize")  # declared benchmarks record it, given or computed
 
     def load(self, name: str) -> tuple[np.ndarray | ImageFiles, np.ndarray]:
         """``(x, y)``: x a uint8 array, or an ``ImageFiles`` list for a set decoded lazily."""

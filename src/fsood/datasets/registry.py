@@ -92,6 +92,7 @@ SOURCES_ENV = "FSOOD_SOURCES"  # a YAML file of entries that replace or add sour
 CHUNK = 1 << 20
 FORMATS = (*ARCHIVE_FORMATS, *FILE_FORMATS, "folder")  # folder: user-provided (user_path) only
 DIGEST_LENGTH = {"md5": 32, "sha256": 64}
+LAYOUTS = ("imagefolder", "tinyimagenet")  # how an image archive labels its images (image_sources.py)
 MIN_PREFIX = 8  # torchvision's weight file names carry 8 hex digits of the sha256
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -149,6 +150,7 @@ class Source:
     description: str = ""
     licence: str = ""
     user_path: UserPath | None = None  # not downloadable: the user provides it
+    layout: str = ""                 # an image collection a declared benchmark may read: one of LAYOUTS
 
     def __post_init__(self):
         object.__setattr__(self, "urls", tuple(self.urls))
@@ -177,6 +179,8 @@ class Source:
                 return f"member {member!r} must be a relative path without '..'"
         if self.format in ARCHIVE_FORMATS + ("folder",) and not self.members:
             return f"a {self.format} source needs its data members ('.' for everything under top)"
+        if self.layout and (self.layout not in LAYOUTS or self.format not in ARCHIVE_FORMATS):
+            return f"layout {self.layout!r} must be one of {list(LAYOUTS)}, and only for archives"
         if self.format not in ARCHIVE_FORMATS and self.top:
             return f"top {self.top!r} is only for archives"
         if self.format in ("npy", "pt", "pth") and self.members:
@@ -235,7 +239,7 @@ def _parse_entry(name: str, entry) -> Source:
         if not isinstance(values.get(key, []), list) or not all(isinstance(v, str) for v in values.get(key, [])):
             raise DatasetError(f"{key} must be a list of strings, got {values[key]!r}")
         values[key] = tuple(values.get(key, []))
-    for key in ("filename", "format", "top", "note", "description", "licence", "tree_sha256"):
+    for key in ("filename", "format", "top", "note", "description", "licence", "tree_sha256", "layout"):
         if key in values and not isinstance(values[key], str) and not (key == "tree_sha256" and values[key] is None):
             raise DatasetError(f"{key} must be a string, got {values[key]!r}")
     if values["checksum"] is not None:
@@ -308,7 +312,8 @@ def as_entry(source: Source) -> dict:
         "description": source.description, "licence": source.licence,
     }
     entry.update({k: v for k, v in (("top", source.top), ("members", list(source.members)),
-                                    ("tree_sha256", source.tree_sha256), ("note", source.note)) if v})
+                                    ("tree_sha256", source.tree_sha256), ("note", source.note),
+                                    ("layout", source.layout)) if v})
     if source.user_path is not None:
         entry["user_path"] = {k: v for k, v in vars(source.user_path).items() if v}
     return entry

@@ -15,6 +15,12 @@ def benchmark_data(benchmark: str) -> BenchmarkData:
     return BenchmarkData(contract.out("data", "data", benchmark=benchmark))
 
 
+def normalization(params: dict, benchmark: str, data: BenchmarkData) -> dict:
+    """``data.normalize`` of params, or, where a declared benchmark leaves it out, the statistics the
+    data stage computed from its ID train set and recorded in the manifest."""
+    return params["benchmarks"][benchmark]["data"].get("normalize") or data.normalize
+
+
 def model_for(params: dict, benchmark: str, data: BenchmarkData):
     return build_model(params["benchmarks"][benchmark]["model"], data.in_channels, data.num_classes)
 

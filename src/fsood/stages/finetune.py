@@ -15,7 +15,7 @@ from fsood import runtime as rt
 from fsood.config import method_params
 from fsood.io import load_npz, save_state_dict, write_bytes
 from fsood.methods import make_objective
-from fsood.stages.common import benchmark_data, load_model, write_history
+from fsood.stages.common import benchmark_data, load_model, normalization, write_history
 from fsood.train import Resume, check_shards, train
 
 
@@ -80,7 +80,7 @@ def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed:
     outliers, _ = data.load("outliers")
     resume = resume_for(params, benchmark, method, seed, ctx.world_size)
     with dist.process_group(ctx, backend, device):
-        history = train(model, x, y, bench["finetune"], params["runtime"], device, bench["data"]["normalize"],
+        history = train(model, x, y, bench["finetune"], params["runtime"], device, normalization(params, benchmark, data),
                         objective, seed, outlier_x=outliers, desc=f"finetune {benchmark} {method} seed {seed}",
                         ctx=ctx, resume=resume)
     if ctx.is_main:

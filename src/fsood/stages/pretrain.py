@@ -12,7 +12,7 @@ from fsood import contract
 from fsood import runtime as rt
 from fsood.io import save_state_dict
 from fsood.methods import pretrain_objective
-from fsood.stages.common import benchmark_data, model_for, published_checkpoint, write_history
+from fsood.stages.common import benchmark_data, model_for, normalization, published_checkpoint, write_history
 from fsood.train import Resume, train
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def run(params: dict, benchmark: str, seed: int) -> None:
     x, y = data.load("id_train")
     model = rt.prepare_model(model_for(params, benchmark, data), params["runtime"], device)
     resume = resume_for(params, benchmark, seed)
-    history = train(model, x, y, bench["pretrain"], params["runtime"], device, bench["data"]["normalize"],
+    history = train(model, x, y, bench["pretrain"], params["runtime"], device, normalization(params, benchmark, data),
                     pretrain_objective(), seed, desc=f"pretrain {benchmark} seed {seed}", resume=resume)
     write_history(out["history"], history)
     save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from fsood import contract, nc, paper, plots
-from fsood.config import score_params
+from fsood.config import ood_set_names, score_params
 from fsood.io import load_npz, read_json, write_bytes, write_json, write_text
 from fsood.evaluation import fitted_detector
 
@@ -25,13 +25,6 @@ FINE_TUNED_FIRST = ("oe", "sep")  # the paper's Fig. 2 compares OE and feature s
 SUBSAMPLE_SEED = 0  # same points for every method: ID test and OOD sets are shared between cells
 TABLE_METRICS = ("fpr95", "auroc")
 NC_KEYS = ("nc1", "nc2_equinorm_means", "nc2_equiangular_means", "nc3", "nc4")
-BENCHMARK_NOTES = {
-    "digits": "`digits` is a smoke-scale analog built from scikit-learn's digits and photos: "
-              "its numbers say nothing about the paper's CIFAR-10 / CIFAR-100 results.",
-    "cifar10-mini": "`cifar10-mini` is CIFAR-10 at CPU scale: a JPEG copy of CIFAR-10, a small WRN, epoch counts "
-                    "scaled down, Tiny ImageNet (32x32) in place of the 300K Tiny Images outliers, and its own "
-                    "OOD sets. It tests the paper's claim on natural images; it is not a cell of Table 1.",
-}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -80,7 +73,7 @@ def load_inputs(params: dict, benchmark: str) -> dict:
     nc_train = {s: read_json(p) for s, p in nc_files.items()}
     history = [pd.read_csv(p).assign(method=m, seed=s) for (m, s), p in history_files.items()]
     _check_consistent(metrics, params, benchmark)
-    _check_caches(caches, params["benchmarks"][benchmark]["data"]["ood_sets"], benchmark, seed)
+    _check_caches(caches, ood_set_names(params["benchmarks"][benchmark]), benchmark, seed)
     published = paper.load()  # a malformed published entry stops the report before it writes anything
     return {"metrics": metrics, "caches": caches, "nc": nc_train, "paper": published,
             "history": pd.concat(history, ignore_index=True) if history else pd.DataFrame()}
@@ -91,7 +84,7 @@ def _check_consistent(metrics: dict, params: dict, benchmark: str) -> None:
     conventions = {str(sorted(m["convention"].items())) for m in metrics.values()}
     if len(conventions) > 1:
         raise ValueError(f"cells of {benchmark} mix metric conventions; rerun the score stage for all of them")
-    ood_sets = params["benchmarks"][benchmark]["data"]["ood_sets"]
+    ood_sets = ood_set_names(params["benchmarks"][benchmark])
     for (method, seed), m in metrics.items():
         for score in params["score"]["scores"]:
             missing = [s for s in [*ood_sets, "mean"] if s not in m["scores"].get(score, {})]
@@ -134,7 +127,7 @@ def _ordered(summary: pd.DataFrame, params: dict, benchmark: str) -> pd.DataFram
     """Keep params' scores / OOD sets / methods, ordered: main score first, methods in grid order."""
     main = params["score"]["main"]
     scores = [main] + [s for s in params["score"]["scores"] if s != main]
-    sets = [*params["benchmarks"][benchmark]["data"]["ood_sets"], "mean", "id_test"]
+    sets = [*ood_set_names(params["benchmarks"][benchmark]), "mean", "id_test"]
     metrics = ["fpr95", "auroc", "aupr_in", "aupr_out", "id_accuracy"]
     df = summary[summary["score"].isin(scores) & summary["ood_set"].isin(sets)].copy()
     for col, order in (("score", scores), ("method", params["grid"]["methods"]), ("ood_set", sets),
@@ -157,15 +150,16 @@ def _convention_lines(convention: dict) -> list[str]:
 def summary_markdown(summary: pd.DataFrame, params: dict, benchmark: str, convention: dict) -> str:
     """One row per (method, score); FPR95 / AUROC per OOD set and mean, then ID accuracy."""
     seeds = params["grid"]["seeds"]
-    sets = [*params["benchmarks"][benchmark]["data"]["ood_sets"], "mean"]
+    sets = [*ood_set_names(params["benchmarks"][benchmark]), "mean"]
     cell = {(r.method, r.score, r.ood_set, r.metric): f"{r.mean:.2f} ± {r.std:.2f}" for r in summary.itertuples()}
     header = ["method", "score"] + [f"{s} {k.upper()}" for s in sets for k in TABLE_METRICS] + ["ID acc."]
     lines = [f"# Summary: benchmark `{benchmark}`", "",
              f"- {len(seeds)} seed(s) {seeds}; mean ± std over seeds (std with ddof=1; 0 for one seed).",
              f"- Main score: `{params['score']['main']}` (listed first); methods in grid order.",
              *_convention_lines(convention)]
-    if benchmark in BENCHMARK_NOTES:
-        lines.append(f"- {BENCHMARK_NOTES[benchmark]}")
+    notes = params["benchmarks"][benchmark].get("notes")  # benchmarks.<b>.notes: a caveat of the benchmark
+    if notes:
+        lines.append(f"- {notes}")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (score, method), _ in summary.groupby(["score", "method"], sort=True, observed=True):
         values = [cell.get((method, score, s, k), "n/a") for s in sets for k in TABLE_METRICS]
@@ -271,7 +265,7 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
     """Every report file's content, keyed as the report stage's outputs in fsood.contract (nothing written yet)."""
     grid, score_cfg = params["grid"], params["score"]
     main, seed = score_cfg["main"], params["report"]["projection_seed"]
-    ood_sets = params["benchmarks"][benchmark]["data"]["ood_sets"]
+    ood_sets = ood_set_names(params["benchmarks"][benchmark])
     metrics = inputs["metrics"]
     convention = next(iter(metrics.values()))["convention"]
     summary = _ordered(summarise(metrics_frame(metrics)), params, benchmark)
@@ -296,7 +290,7 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
         "table_md": summary_markdown(summary, params, benchmark, convention),
         "summary": {**summary_json(summary), **({"paper": paper_summary} if paper_summary else {})},
         "paper_md": paper.comparison_markdown(comparison, inputs["paper"], benchmark, grid["seeds"],
-                                              BENCHMARK_NOTES.get(benchmark)),
+                                              params["benchmarks"][benchmark].get("notes")),
         "paper_csv": paper.comparison_csv(comparison),
         "histograms": plots.to_png(hist),
         "projection": plots.to_png(_projection_figure(params, benchmark, inputs["caches"])),

@@ -19,7 +19,7 @@ from fsood.config import score_params
 from fsood.evaluation import FIT_SET, metrics_from_cache
 from fsood.io import save_npz, write_json
 from fsood.posthoc import odin_softmax
-from fsood.stages.common import benchmark_data, load_model
+from fsood.stages.common import benchmark_data, load_model, normalization
 from fsood.train import forward_pass, normalizer
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def build_cache(params: dict, benchmark: str, method: str, seed: int) -> dict[st
     data = benchmark_data(benchmark)
     ckpt = contract.out("finetune", "model", benchmark=benchmark, method=method, seed=seed)
     model = rt.prepare_model(load_model(params, benchmark, data, ckpt), params["runtime"], device)
-    norm = params["benchmarks"][benchmark]["data"]["normalize"]
+    norm = normalization(params, benchmark, data)
     score_cfg = score_params(params, benchmark)
     cache = {
         "fc_weight": model.fc.weight.detach().cpu().float().numpy(),

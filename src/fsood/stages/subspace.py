@@ -8,7 +8,7 @@ import numpy as np
 from fsood import contract, nc
 from fsood import runtime as rt
 from fsood.io import save_npz, write_json
-from fsood.stages.common import benchmark_data, load_model
+from fsood.stages.common import benchmark_data, load_model, normalization
 from fsood.train import forward_pass
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ def run(params: dict, benchmark: str, seed: int) -> None:
     checkpoint = contract.out("pretrain", "model", benchmark=benchmark, seed=seed)
     model = rt.prepare_model(load_model(params, benchmark, data, checkpoint), params["runtime"], device)
     x, y = data.load("id_train")
-    logits, feats = forward_pass(model, x, params["runtime"], device, params["benchmarks"][benchmark]["data"]["normalize"])
+    logits, feats = forward_pass(model, x, params["runtime"], device, normalization(params, benchmark, data))
     weight = model.fc.weight.detach().cpu().double().numpy()
     bias = model.fc.bias.detach().cpu().double().numpy()
     out = contract.outs("subspace", benchmark=benchmark, seed=seed)
