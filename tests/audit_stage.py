@@ -41,6 +41,12 @@ class Tracked(dict):
         self._log.add(f"{self._path}.{key}" if self._path else str(key))  # reading an absence is a read
         return default
 
+    def __iter__(self):  # overridden so that dict(x) and {**x} take the slow path through __getitem__
+        return iter(list(dict.keys(self)))
+
+    def keys(self):
+        return list(dict.keys(self))
+
     def items(self):
         return [(k, self[k]) for k in dict.keys(self)]
 

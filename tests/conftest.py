@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# The rules' `python -m fsood ...`, and `dvc` / `snakemake` run by tests, are this interpreter's.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 WORKFLOW_FILES = ["Snakefile", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]
 WORKFLOW_DIRS = ["workflow", "profiles", "src", ".dvc"]
 

@@ -137,7 +137,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         outputs={"data": Output("", key_file="manifest.json")},
         params=("benchmarks.{benchmark}.data",),
         untracked=("datasets",),
-        entry=("fsood.stages.data",), files=("datasets/sources.yaml", "datasets/tinyimagenet_cifar10_overlap.tsv"),
+        # package files the shipped benchmarks name (cifar10-mini's class lists); a user's own folders and
+        # class-list files are not tracked (README, "Your own benchmark")
+        entry=("fsood.stages.data",), files=("datasets/sources.yaml", "datasets/tinyimagenet_cifar10_overlap.tsv",
+                                             "datasets/tinyimagenet32_holdout40.txt"),
         resources=Resources(mem_mb=2000, runtime=30),
     ),
     Stage(

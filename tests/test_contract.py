@@ -1,0 +1,119 @@
+"""The stage contracts (fsood.contract) are the one description of the pipeline: dvc.yaml, the CLI and the
+Snakemake rules are made from them, and no other module names a stage's files."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from fsood import contract, dvcyaml
+
+
+def test_committed_dvc_yaml_is_what_the_command_writes():
+    committed = (ROOT / "dvc.yaml").read_text()
+    assert committed == dvcyaml.render(), "dvc.yaml is stale: run `python -m fsood dvc-yaml` and commit it"
+
+
+def test_dvc_yaml_command_writes_the_file(tmp_path):
+    out = tmp_path / "dvc.yaml"
+    proc = subprocess.run([sys.executable, "-m", "fsood", "dvc-yaml", "--output", str(out)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == dvcyaml.render()
+
+
+def test_dvc_stages_declare_the_contracts_params_code_and_outputs():
+    stages = yaml.safe_load(dvcyaml.render())["stages"]
+    assert list(stages) == list(contract.STAGES)
+    for name, s in contract.STAGES.items():
+        entry = stages[name]
+        assert entry["params"] == [k.replace("{benchmark}", "${item.benchmark}").replace("{method}", "${item.method}")
+                                   for k in s.params]
+        assert [d for d in entry["deps"] if d.startswith("src/")] == [f"src/fsood/{f}" for f in s.code_files()]
+        outs = [next(iter(o)) if isinstance(o, dict) else o for g in ("outs", "metrics", "plots") for o in entry.get(g, [])]
+        assert len(outs) == len(s.outputs)
+        assert set(entry["matrix"]) == set(s.wildcards)
+
+
+@pytest.mark.parametrize("name", list(contract.STAGES))
+def test_cli_subcommand_takes_exactly_the_stages_wildcards(name):
+    from fsood.cli import _parser
+
+    s = contract.stage(name)
+    argv = [name] + [a for w in s.wildcards for a in (f"--{w}", "0" if w == "seed" else "digits")]
+    args = _parser().parse_args(argv)
+    assert {k for k in ("benchmark", "method", "seed") if hasattr(args, k)} == set(s.wildcards)
+
+
+def test_overlaps_matches_keys_above_below_and_through_wildcards():
+    assert contract.overlaps("benchmarks.{benchmark}.data", "benchmarks.digits.data.normalize.mean")
+    assert contract.overlaps("benchmarks.{benchmark}.data.normalize", "benchmarks.digits.data")  # an edit above
+    assert not contract.overlaps("benchmarks.{benchmark}.data.normalize", "benchmarks.digits.data.n_ood")
+    assert not contract.overlaps("methods.{method}", "score.tpr")
+    assert contract.overlaps("runtime", "runtime.threads")
+
+
+def test_direct_dependents_of_the_two_reported_edits():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    seeds = params["grid"]["seeds"]
+    # pretrain.lr: only pretraining (the rest follows through its model)
+    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.lr") == {f"pretrain@digits-{s}" for s in seeds}
+    # data.normalize: every stage that feeds images to a model declares it, not only the data stage
+    hit = contract.direct_dependents(params, "benchmarks.digits.data.normalize")
+    assert {"data@digits", "pretrain@digits-0", "subspace@digits-0", "finetune@digits-sep-0",
+            "score@digits-sep-0"} <= hit
+    assert not any(h.startswith("report@") for h in hit)
+    # one method's value: that method's cells only
+    assert contract.direct_dependents(params, "methods.sep.beta") == {
+        f"{stage}@digits-sep-{s}" for stage in ("finetune", "score") for s in seeds}
+
+
+def test_import_closure_follows_function_level_imports_and_leaves_out_the_harness():
+    pretrain = contract.stage("pretrain").code_files()
+    assert "datasets/registry.py" in pretrain  # imported inside published_checkpoint()
+    assert "stages/pretrain.py" in pretrain and "__init__.py" in pretrain
+    assert "cli.py" not in pretrain and "contract.py" not in pretrain
+    assert "plots.py" not in pretrain and "scores.py" not in pretrain  # the report's and the score's code
+    assert "plots.py" in contract.stage("report").code_files()
+    assert "paper_results.yaml" in contract.stage("report").code_files()
+
+
+def test_code_hash_changes_with_a_files_content(tmp_path, monkeypatch):
+    pkg = tmp_path / "fsood"
+    (pkg / "stages").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "stages/__init__.py").write_text("")
+    (pkg / "stages/x.py").write_text("def run():\n    from fsood import helper\n")
+    (pkg / "helper.py").write_text("A = 1\n")
+    monkeypatch.setattr(contract, "SRC", pkg)
+    contract.import_closure.cache_clear()
+    contract._file_digest.cache_clear()
+    try:
+        s = contract.Stage("x", "", ("benchmark",), "out/{benchmark}", {"o": contract.Output("o")},
+                           entry=("fsood.stages.x",))
+        assert s.code_files() == ["__init__.py", "helper.py", "stages/__init__.py", "stages/x.py"]
+        before = s.code_hash()
+        (pkg / "helper.py").write_text("A = 2\n")
+        contract._file_digest.cache_clear()
+        after = s.code_hash()
+        assert [f for f in before if before[f] != after[f]] == ["helper.py"]
+    finally:
+        contract.import_closure.cache_clear()
+        contract._file_digest.cache_clear()
+
+
+def test_no_other_module_names_a_stages_files():
+    """Output file names and folder templates live in fsood.contract alone."""
+    names = {o.name for s in contract.STAGES.values() for o in s.outputs.values() if o.name}
+    names |= {s.folder.split("/{")[0] + "/{" for s in contract.STAGES.values()}
+    offenders = []
+    for path in (ROOT / "src/fsood").rglob("*.py"):
+        if path.name == "contract.py":
+            continue
+        text = path.read_text()
+        offenders += [f"{path.relative_to(ROOT)}: {n!r}" for n in names if re.search(re.escape(f'"{n}'), text)]
+    assert not offenders, offenders
