@@ -273,8 +273,8 @@ def test_report_sets_published_numbers_beside_the_cells(reported, monkeypatch):
     monkeypatch.chdir(reported["root"])
     params = reported["params"]
     inputs = report.load_inputs(params, "digits")
-    entry = {"table": 2, "method": "oe", "score": "fs", "set": "mean", "fpr95": 10.0, "auroc": 90.0,
-             "convention": "id_positive", "source": "test"}
+    entry = {"table": 2, "method": "oe", "score": "fs", "set": "mean", "start": "test-start", "fpr95": 10.0,
+             "auroc": 90.0, "convention": "id_positive", "source": "test"}
     inputs["paper"] = {"source": {"version": "test-version"}, "benchmarks": {"digits": {"entries": [
         entry, {**entry, "method": "dal"}, {**entry, "method": "sep", "set": "gaussian", "fpr95": None,
                                             "note": "not published: test"}]}}}
