@@ -70,6 +70,17 @@ def _check_groups(groups: dict[str, list[str]], ood_sets: list[str]) -> None:
             raise ValueError(f"metric group {group!r} names {missing}, which the cache lacks; its OOD sets: {ood_sets}")
 
 
+def _train_class_means(cache: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Class means of the cache's ID-train pass (Table 14's anchors); None for caches without it."""
+    if f"{FIT_SET}__features" not in cache:
+        return None
+    counts = np.bincount(np.asarray(cache[f"{FIT_SET}__labels"], dtype=np.int64), minlength=len(cache["fc_weight"]))
+    if (counts == 0).any():  # a tiny fit_samples cap can miss a class: no mean to anchor on
+        return None
+    return nc.class_means(np.asarray(cache[f"{FIT_SET}__features"], dtype=np.float64),
+                          np.asarray(cache[f"{FIT_SET}__labels"], dtype=np.int64), len(cache["fc_weight"]))
+
+
 def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
                        groups: dict[str, list[str]] | None = None) -> dict:
     """Per-score, per-OOD-set metrics in percent, group means, ID accuracy and feature separation.
@@ -92,9 +103,10 @@ def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
         result["scores"][score] = {name: {k: pct(v) for k, v in r.items()} for name, r in rows.items()}
     labels = cache["id_test__labels"]
     result["id_accuracy"] = pct(float((cache["id_test__logits"].argmax(1) == labels).mean()))
-    basis = nc.principal_basis(cache["fc_weight"])
+    means = _train_class_means(cache)
     result["separation"] = {
-        name: {k: round(v, 6) for k, v in nc.separation_degrees(cache[f"{name}__features"], basis).items()}
+        name: {k: round(v, 6) for k, v in nc.separation_degrees(
+            cache[f"{name}__features"], cache[f"{name}__logits"], cache["fc_weight"], means).items()}
         for name in ["id_test", *ood_sets]
     }
     result["nc_id_test"] = {k: round(v, 6) for k, v in nc.nc_metrics(

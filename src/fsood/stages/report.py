@@ -255,9 +255,10 @@ def _projection_figure(params: dict, benchmark: str, caches: dict):
 
 
 def _separation_frame(metrics: dict, sets: list[str]) -> pd.DataFrame:
-    rows = [(method, seed, name, m["separation"][name]["cos_to_span"])
-            for (method, seed), m in metrics.items() for name in sets]
-    return pd.DataFrame(rows, columns=["method", "seed", "set", "cos_to_span"])
+    """Long (method, seed, set, measure, value) of the figure's separation measures each cell holds."""
+    rows = [(method, seed, name, k, float(v)) for (method, seed), m in metrics.items() for name in sets
+            for k, v in m["separation"][name].items() if k in plots.SEPARATION_PANELS]
+    return pd.DataFrame(rows, columns=["method", "seed", "set", "measure", "value"])
 
 
 def _nc_frame(nc_train: dict) -> pd.DataFrame:
