@@ -3,8 +3,9 @@
 A cache holds ``fc_weight``, ``fc_bias`` and, per set (``id_test`` and each OOD set),
 ``<set>__logits``, ``<set>__features`` and ``<set>__labels``. Since the post-hoc detectors
 it also holds ``id_train__{logits,features,labels}`` (a capped ID-train subset that fitted
-detectors learn from; never an OOD set) and, when ODIN is scored, ``<set>__odin`` with
-``odin_temperature`` / ``odin_epsilon``. Older caches without them still give every score
+detectors learn from; never an OOD set) with ``id_train_size`` (the whole set's size) and, when
+ODIN is scored, ``<set>__odin`` with ``odin_temperature`` / ``odin_epsilon``; when Mahalanobis
+is scored with input pre-processing, ``<set>__mahalanobis`` with ``mahalanobis_epsilon``. Older caches without them still give every score
 that needs neither.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fsood.scores import Detector, build_detector
 
 FIT_SET = "id_train"  # the ID-train forward pass fitted detectors learn from
 NOT_OOD = ("id_test", FIT_SET)
+TRAIN_SIZE = "id_train_size"  # images in the whole ID-train set, of which the fit pass holds a sample
 
 
 def detector(name: str, score_cfg: dict) -> Detector:
@@ -39,6 +41,8 @@ def fit_detector(det: Detector, cache: dict[str, np.ndarray]) -> Detector:
     if missing:
         raise ValueError(f"score {det.name!r} is fitted on ID training statistics, but the cache lacks {missing}: "
                          "it predates them; rerun the score stage")
+    if TRAIN_SIZE in cache:  # the fit pass may be a sample of the ID-train set (score.fit_samples)
+        det.train_size = int(np.asarray(cache[TRAIN_SIZE]).item())  # saved 0-d arrays come back 1-d
     return det.fit(*(cache[k] for k in keys))
 
 
