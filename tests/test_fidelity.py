@@ -78,3 +78,61 @@ def test_half_trained_start_is_the_first_half_of_the_full_schedule():
 def test_a_schedule_shorter_than_the_run_is_refused():
     with pytest.raises(ValueError, match="schedule_epochs=1 is shorter than epochs=2"):
         _tiny_run(2, 1)
+
+
+# ----------------------------------------------------------------------------- Table 7 / Table 14
+
+def test_each_cell_records_table7_table14_and_span_measures_and_the_figure_shows_them():
+    import copy
+
+    import pandas as pd
+
+    from fsood import plots
+    from fsood.evaluation import metrics_from_cache
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 6))
+    cache = {"fc_weight": w, "fc_bias": np.zeros(3)}
+    for name, z, y in [("id_train", 3 * w[np.arange(30) % 3] + rng.normal(size=(30, 6)), np.arange(30) % 3),
+                       ("id_test", 3 * w[np.arange(12) % 3] + rng.normal(size=(12, 6)), np.arange(12) % 3),
+                       ("gaussian", rng.normal(size=(10, 6)), np.full(10, -1))]:
+        cache.update({f"{name}__features": z, f"{name}__logits": z @ w.T, f"{name}__labels": y})
+    cfg = copy.deepcopy(PARAMS["score"])
+    cfg.update(scores=["msp"], main="msp")
+    sep = metrics_from_cache(cache, cfg)["separation"]
+    table7, table14 = {"dist_pred_weight", "cos_pred_weight", "recon_error"}, {"dist_pred_mean", "cos_pred_mean"}
+    assert table7 | table14 | {"cos_to_span", "dist_to_span"} == set(sep["id_test"]) == set(sep["gaussian"])
+    assert sep["id_test"]["cos_pred_weight"] > sep["gaussian"]["cos_pred_weight"]  # ID lies along its w_yhat
+
+    nc = pd.DataFrame({"seed": [0, 0], "metric": ["nc1", "nc3"], "value": [0.5, 0.2]})
+    rows = [("oe", 0, s, k, v) for s in ("id_test", "gaussian") for k, v in sep[s].items()]
+    frame = pd.DataFrame(rows, columns=["method", "seed", "set", "measure", "value"])
+    titles = " ".join(ax.get_title() for ax in plots.nc_and_separation(nc, frame, ["oe"], ["id_test", "gaussian"]).axes)
+    assert "Table 7" in titles and "Table 14" in titles and "span(W)" in titles and "Neural Collapse" in titles
+
+
+# ----------------------------------------------------------------------------- scores
+
+def test_authors_ours_score_is_msp_plus_the_plain_sum_and_imagenet_keeps_the_choice_a_parameter():
+    """main.py and imagenet_1k_finetune_ours.py score 'ours' as msp + ||cos(z, W)||_1, no 1/C, on both
+    benchmarks: fsood's fs with mean_over_classes false. ImageNet's params choose the 1/C of Eq. 6."""
+    from scipy.special import softmax
+
+    from fsood.scores import build_detector
+
+    rng = np.random.default_rng(0)
+    z, w = rng.normal(size=(5, 8)), rng.normal(size=(4, 8))
+    logits = z @ w.T
+    cos = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    authors = softmax(logits, axis=1).max(1) + np.abs(cos).sum(1)
+    np.testing.assert_allclose(build_detector("fs", mean_over_classes=False).score(logits, z, w), authors, rtol=1e-12)
+    printed = softmax(logits, axis=1).max(1) + np.abs(cos).mean(1)
+    np.testing.assert_allclose(build_detector("fs", mean_over_classes=True).score(logits, z, w), printed, rtol=1e-12)
+    assert PARAMS["score"]["mean_over_classes"] is False
+    assert PARAMS["benchmarks"]["imagenet"]["score"] == {"mean_over_classes": True}
+
+
+def test_post_hoc_baselines_default_to_their_original_recipes():
+    options = PARAMS["score"]["options"]
+    assert options["knn"] == {"k": 50, "scale_k": True}  # KNN paper: k 50 for the full CIFAR-10 bank, scaled
+    assert options["mahalanobis"] == {"epsilon": 0.01}   # the authors' scripts: magnitude 0.01

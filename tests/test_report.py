@@ -144,7 +144,15 @@ def test_summary_markdown(reported):
     assert "benchmark `digits`" in text and "2 seed(s)" in text
     assert convention["fpr95"] in text and "Positive class: **ID**" in text
     assert "higher score = more ID" in text and "say nothing about" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    paired_part, all_part = text.split("## Every score")
+    table = lambda part: [line for line in part.splitlines()  # noqa: E731
+                          if line.startswith("| ") and not line.startswith("| method")]
+    # the paper's pairing leads: OE with MSP, the paper's method with Eq. 6
+    paired = table(paired_part)
+    assert [r.split(" | ")[:2] for r in paired] == [["| oe", "msp"], ["| sep", "fs"]]
+    oe_msp = _values(reported, "oe", "msp", "mean", "auroc")
+    assert f"{oe_msp.mean():.2f} ± {oe_msp.std(ddof=1):.2f}" in paired[0]
+    rows = table(all_part)
     assert len(rows) == len(METHODS) * len(reported["params"]["score"]["scores"])
     assert [r.split(" | ")[0][2:] for r in rows[:2]] == METHODS  # grid order
     assert all("**fs**" in r for r in rows[:2])  # main score first
