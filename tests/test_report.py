@@ -301,6 +301,10 @@ def test_report_sets_published_numbers_beside_the_cells(reported, monkeypatch):
     assert sep.status == "not published"
     assert sep.measured_mean == pytest.approx(_values(reported, "sep", "fs", "gaussian", "fpr95").mean(), abs=1e-4)
     assert "test-version" in outputs["paper_md"] and "not run: method 'dal'" in outputs["paper_md"]
+    pre = params["benchmarks"]["digits"]["pretrain"]
+    assert (f"- Measured cells start from: a CE model trained here, stopped after epoch {pre['epochs']} of a "
+            f"{pre['schedule_epochs']}-epoch cosine schedule.") in outputs["paper_md"]
+    assert "| 2 | oe | fs | test-start |" in outputs["paper_md"]  # each entry names its start
     assert outputs["summary"]["paper"]["oe"]["fs"]["published"] == {"fpr95": 10.0, "auroc": 90.0}
     assert set(outputs["summary"]) == {*METHODS, "paper"}
 

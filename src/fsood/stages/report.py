@@ -277,6 +277,14 @@ def _separation_frame(metrics: dict, sets: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "seed", "set", "measure", "value"])
 
 
+def start_description(pretrain: dict) -> str:
+    """What the benchmark's cells start from: a registry checkpoint, or the schedule trained here."""
+    if pretrain["checkpoint"]:
+        return f"`{pretrain['checkpoint']}`"
+    return (f"a CE model trained here, stopped after epoch {pretrain['epochs']} of a "
+            f"{pretrain['schedule_epochs']}-epoch cosine schedule")
+
+
 def _nc_frame(nc_train: dict) -> pd.DataFrame:
     rows = [(seed, k, float(m[k])) for seed, m in nc_train.items() for k in NC_KEYS if k in m]
     return pd.DataFrame(rows, columns=["seed", "metric", "value"])
@@ -313,7 +321,8 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
         "table_md": summary_markdown(summary, params, benchmark, convention),
         "summary": {**summary_json(summary), **({"paper": paper_summary} if paper_summary else {})},
         "paper_md": paper.comparison_markdown(comparison, inputs["paper"], benchmark, grid["seeds"],
-                                              BENCHMARK_NOTES.get(benchmark)),
+                                              BENCHMARK_NOTES.get(benchmark),
+                                              start_description(params["benchmarks"][benchmark]["pretrain"])),
         "paper_csv": paper.comparison_csv(comparison),
         "histograms": plots.to_png(hist),
         "projection": plots.to_png(_projection_figure(params, benchmark, inputs["caches"])),
