@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fsood.nc import class_means, nc_metrics, principal_basis, separation_degrees
+from fsood.nc import anchor_measures, class_means, nc_metrics, principal_basis, separation_degrees, span_measures
 
 
 def _simplex_etf(num_classes, dim, rng):
@@ -157,26 +157,60 @@ def test_principal_basis_rank_deficient():
     np.testing.assert_allclose((w @ basis) @ basis.T, w, atol=1e-10)
 
 
-def test_separation_degrees_hand():
+def test_span_measures_hand():
     w = np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, -2.0, 0.0, 0.0]])
     basis = principal_basis(w)
     assert basis.shape == (4, 2)
 
-    inside = separation_degrees(np.array([[3.0, 4.0, 0.0, 0.0]]), basis)
+    inside = span_measures(np.array([[3.0, 4.0, 0.0, 0.0]]), basis)
     assert inside["cos_to_span"] == pytest.approx(1.0, abs=1e-12)
     assert inside["dist_to_span"] == pytest.approx(0.0, abs=1e-12)
     assert inside["recon_error"] == pytest.approx(0.0, abs=1e-12)
 
-    ortho = separation_degrees(np.array([[0.0, 0.0, 2.0, 0.0]]), basis)
+    ortho = span_measures(np.array([[0.0, 0.0, 2.0, 0.0]]), basis)
     assert ortho["cos_to_span"] == pytest.approx(0.0, abs=1e-12)
     assert ortho["dist_to_span"] == pytest.approx(2.0, abs=1e-12)
     assert ortho["recon_error"] == pytest.approx(1.0, abs=1e-12)
 
     # (1, 0, 1, 0): projection (1,0,0,0); cos 1/sqrt2, dist 1, recon 1/2. Mean with the
     # two above: cos (1 + 0 + 1/sqrt2)/3, dist (0 + 2 + 1)/3, recon (0 + 1 + .5)/3
-    mixed = separation_degrees(
+    mixed = span_measures(
         np.array([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [1.0, 0.0, 1.0, 0.0]]), basis
     )
     assert mixed["cos_to_span"] == pytest.approx((1 + 2 ** -0.5) / 3, abs=1e-12)
     assert mixed["dist_to_span"] == pytest.approx(1.0, abs=1e-12)
     assert mixed["recon_error"] == pytest.approx(0.5, abs=1e-12)
+    # per sample, cos_to_span^2 + recon_error = 1: the span cosine is no second measure of Table 7
+    rng = np.random.default_rng(3)
+    for z in rng.standard_normal((5, 1, 4)):
+        one = span_measures(z, basis)
+        assert one["cos_to_span"] ** 2 + one["recon_error"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_table7_measures_are_to_the_predicted_class_weight():
+    """arXiv:2405.17816v2, Sec. 4.5 / Table 7: distance and cosine between a feature and the weight
+    of its *predicted* class (not span(W)), and reconstruction error to span(W)."""
+    w = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    z = np.array([[1.0, 0.0, 1.0],    # predicted 0: cos(z, w0) = 1/sqrt2, unit distance sqrt(2 - sqrt2)
+                  [0.0, 5.0, 0.0],    # predicted 1: on w1, cos 1, distance 0
+                  [1.0, 0.0, 0.0]])   # logits say class 1 although z lies on w0: cos 0, distance sqrt2
+    logits = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    got = separation_degrees(z, logits, w)
+    assert got["cos_pred_weight"] == pytest.approx((2 ** -0.5 + 1 + 0) / 3, abs=1e-12)
+    assert got["dist_pred_weight"] == pytest.approx((np.sqrt(2 - np.sqrt(2)) + 0 + np.sqrt(2)) / 3, abs=1e-12)
+    assert got["recon_error"] == pytest.approx((0.5 + 0 + 0) / 3, abs=1e-12)  # span(W) = the first two axes
+    assert got["cos_to_span"] == pytest.approx((2 ** -0.5 + 1 + 1) / 3, abs=1e-12)  # kept under its own name
+    assert "cos_pred_mean" not in got  # Table 14 needs class means
+
+
+def test_table14_measures_use_class_means_and_raw_distances():
+    """Table 14 (A.6): the same with the class mean mu_yhat in place of w_yhat; raw-vector distance
+    (its values, up to 6.18, exceed the unit-vector maximum of 2)."""
+    means = np.array([[4.0, 0.0], [0.0, 1.0]])
+    z = np.array([[1.0, 0.0], [0.0, -2.0]])
+    logits = np.array([[5.0, 1.0], [0.0, 1.0]])
+    dist, cos = anchor_measures(z, means, logits.argmax(1), unit=False)
+    assert dist == pytest.approx((3.0 + 3.0) / 2) and cos == pytest.approx((1.0 - 1.0) / 2)
+    got = separation_degrees(z, logits, np.eye(2), means)
+    assert (got["dist_pred_mean"], got["cos_pred_mean"]) == pytest.approx((3.0, 0.0))
+    assert anchor_measures(z, means, logits.argmax(1), unit=True)[0] == pytest.approx((0 + 2) / 2)

@@ -44,6 +44,8 @@ def test_shipped_params_are_valid():
         ({"score.convention": "ood"}, ["score.convention", "'id_positive'"]),
         ({"runtime.device": "tpu"}, ["runtime.device", "'cuda'"]),
         ({"benchmarks.digits.finetune.stage2_epoch": 99}, ["stage2_epoch=99 exceeds epochs=12"]),
+        ({"benchmarks.digits.pretrain.schedule_epochs": 10}, ["pretrain.schedule_epochs=10 is shorter than epochs=25"]),
+        ({"benchmarks.digits.pretrain.schedule_epochs": DELETE}, ["'schedule_epochs' is a required property"]),
         ({"score.main": "energy", "score.scores": ["fs"]}, ["score.main='energy' is not in score.scores"]),
         ({"report.projection_ood.digits": "svhn"}, ["report.projection_ood.digits='svhn'", "photo_china"]),
         ({"report.projection_ood.cifar10-mini": DELETE}, ["report.projection_ood.cifar10-mini=None", "textures"]),

@@ -94,6 +94,25 @@ def test_mahalanobis_closed_form_with_tied_covariance():
     np.testing.assert_allclose(det.score(None, test, w), [-2.5, -32.0], rtol=1e-12)
 
 
+def test_knn_scales_k_with_the_sampled_fraction_of_the_id_train_set():
+    """The KNN paper's rule: k is for the full bank; a bank sampled at fraction a uses k * a."""
+    rng = np.random.default_rng(1)
+    bank, query = rng.normal(size=(60, 5)), rng.normal(size=(9, 5))
+    sampled = KNN(k=50)
+    sampled.train_size = 300  # the bank is a fifth of the ID-train set
+    sampled.fit(None, bank, None, None, None)
+    assert sampled.k_used == 10
+    np.testing.assert_allclose(sampled.score(None, query, None),
+                               KNN(k=10).fit(None, bank, None, None, None).score(None, query, None), rtol=1e-12)
+    unscaled = KNN(k=50, scale_k=False)
+    unscaled.train_size = 300
+    assert unscaled.fit(None, bank, None, None, None).k_used == 50
+    tiny = KNN(k=2)
+    tiny.train_size = 10_000
+    assert tiny.fit(None, bank, None, None, None).k_used == 1  # never below 1
+    assert KNN(k=50).fit(None, bank, None, None, None).k_used == 50  # full bank (size unknown): k as given
+
+
 def test_mahalanobis_needs_every_class():
     with pytest.raises(ValueError, match=r"classes 0\.\.2 of W"):
         Mahalanobis().fit(None, np.ones((4, 2)), np.array([0, 0, 1, 1]), np.zeros((3, 2)), np.zeros(3))
@@ -223,6 +242,50 @@ def test_odin_matches_its_closed_form_on_a_linear_model():
     assert model.a.grad is None  # only the input is differentiated
 
 
+class LinearFeatures(nn.Module):
+    """z = A flatten(x), logits = W z: Mahalanobis' input gradient has a closed form."""
+
+    def __init__(self, a: np.ndarray, w: np.ndarray):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a, dtype=torch.float32))
+        self.fc = nn.Linear(a.shape[0], w.shape[0], bias=False)
+        self.fc.weight.data = torch.tensor(w, dtype=torch.float32)
+
+    def forward(self, x, return_features=False):
+        z = x.flatten(1) @ self.a.T
+        return (self.fc(z), z) if return_features else self.fc(z)
+
+
+def test_mahalanobis_preprocessing_matches_lee_et_al_on_a_linear_model():
+    """Lee et al. (2018), as their get_Mahalanobis_score: step against the sign of the gradient of the
+    distance to the nearest class mean, eps / std_c per channel, then score the perturbed features."""
+    from fsood.stages.score import mahalanobis_scores
+
+    rng = np.random.default_rng(2)
+    c, h, w, d, eps = 2, 2, 2, 3, 0.01
+    a = rng.normal(size=(d, c * h * w))
+    norm = {"mean": [0.5, 0.4], "std": [0.25, 0.5]}
+    std = np.repeat(norm["std"], h * w)
+    x = rng.integers(0, 256, size=(7, c, h, w), dtype=np.uint8)
+    xn = (x.reshape(7, -1) / 255.0 - np.repeat(norm["mean"], h * w)) / std
+    det = Mahalanobis(epsilon=eps).fit(None, rng.normal(size=(40, d)), np.arange(40) % 2, np.zeros((2, d)), None)
+    z = xn @ a.T
+    nearest = np.stack([((z - mu) @ det.precision * (z - mu)).sum(1) for mu in det.means], 1).argmin(1)
+    grad = 2 * ((z - det.means[nearest]) @ det.precision) @ a  # d/dx of the nearest distance
+    perturbed = xn - eps * np.where(grad >= 0, 1.0, -1.0) / std
+    expected = Mahalanobis().fit(None, rng.normal(size=(1, d)), np.zeros(1, int), np.zeros((1, d)), None)
+    expected.means, expected.precision = det.means, det.precision
+    model = LinearFeatures(a, np.zeros((2, d)))
+    got = mahalanobis_scores(model, x, RUNTIME, torch.device("cpu"), norm, det)
+    np.testing.assert_allclose(got, expected.score(None, perturbed @ a.T, None), rtol=1e-4)
+    plain = det.score(None, z, None)
+    assert (got > plain).all()  # the step moves each image towards its class mean
+    zero = Mahalanobis(epsilon=0.0)
+    zero.means, zero.precision = det.means, det.precision
+    np.testing.assert_allclose(mahalanobis_scores(model, x, RUNTIME, torch.device("cpu"), norm, zero), plain,
+                               rtol=1e-4)
+
+
 def test_odin_detector_reads_the_cache_and_checks_its_settings():
     cache = {"id_test__odin": np.array([0.3, 0.4]), "odin_temperature": np.float64(1000.0),
              "odin_epsilon": np.float64(0.0014)}
@@ -270,10 +333,12 @@ def make_cache(with_train: bool = True, hard: bool = False) -> dict[str, np.ndar
     return cache
 
 
-def score_cfg(scores) -> dict:
+def score_cfg(scores, maha_epsilon: float = 0.0) -> dict:
+    """params' score section for ``scores``; Mahalanobis feature-only unless asked (these caches have no pass)."""
     cfg = copy.deepcopy(PARAMS["score"])
     cfg["scores"], cfg["main"] = list(scores), scores[0]
     cfg["options"]["knn"]["k"] = 5
+    cfg["options"]["mahalanobis"]["epsilon"] = maha_epsilon
     return cfg
 
 
@@ -300,6 +365,31 @@ def test_metrics_every_score_groups_and_old_caches():
     assert set(metrics_from_cache(old, score_cfg(["fs", "msp"]))["scores"]) == {"fs", "msp"}
     with pytest.raises(ValueError, match=r"score 'knn' is fitted .* lacks \['id_train__logits'"):
         metrics_from_cache(old, score_cfg(["msp", "knn"]))
+
+
+def test_fit_passes_the_id_train_size_so_knn_scales_k():
+    cache = make_cache()
+    assert fitted_detector("knn", score_cfg(["knn"]), cache).k_used == 5  # no size recorded: the bank is all
+    cache["id_train_size"] = np.int64(900)  # the 90 cached images are a tenth of the set
+    cfg = score_cfg(["knn"])
+    cfg["options"]["knn"]["k"] = 50
+    assert fitted_detector("knn", cfg, cache).k_used == 5
+
+
+def test_mahalanobis_preprocessing_reads_its_pass_from_the_cache():
+    cache = make_cache()
+    det = fitted_detector("mahalanobis", score_cfg(["mahalanobis"], maha_epsilon=0.01), cache)
+    with pytest.raises(ValueError, match="'id_test__mahalanobis'.*rerun the score stage"):
+        det.score_set(cache, "id_test")
+    cache.update(id_test__mahalanobis=np.array([-1.0, -2.0]), mahalanobis_epsilon=np.float64(0.02))
+    with pytest.raises(ValueError, match=r"used \(epsilon\)=\(0.02,\).*asks for \(0.01,\)"):
+        det.score_set(cache, "id_test")
+    cache["mahalanobis_epsilon"] = np.float64(0.01)
+    np.testing.assert_array_equal(det.score_set(cache, "id_test"), [-1.0, -2.0])
+    plain = fitted_detector("mahalanobis", score_cfg(["mahalanobis"]), cache)  # epsilon 0: from features
+    assert len(plain.score_set(cache, "id_test")) == 45
+    with pytest.raises(ValueError, match="epsilon=2 must lie in"):
+        Mahalanobis(epsilon=2)
 
 
 def test_score_cache_fits_on_id_train_only():
@@ -385,7 +475,11 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     for name in ("id_test", "gaussian", "blobs", "digits_5_9"):
         assert cache[f"{name}__odin"].shape == cache[f"{name}__labels"].shape
         assert ((cache[f"{name}__odin"] > 0) & (cache[f"{name}__odin"] <= 1)).all()
-    assert "id_train__odin" not in cache
+    assert "id_train__odin" not in cache and "id_train__mahalanobis" not in cache
+    assert cache["id_train_size"].item() > 100  # the whole ID-train set; 100 of it were kept
+    assert cache["mahalanobis_epsilon"].item() == PARAMS["score"]["options"]["mahalanobis"]["epsilon"] == 0.01
+    for name in ("id_test", "gaussian", "blobs", "digits_5_9"):  # the pre-processing pass of every set
+        assert cache[f"{name}__mahalanobis"].shape == cache[f"{name}__labels"].shape
     for name in DETECTORS:
         rows = metrics["scores"][name]
         assert set(rows) == {"gaussian", "blobs", "digits_5_9", "mean", "hard_mean"}, name

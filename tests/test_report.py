@@ -144,7 +144,15 @@ def test_summary_markdown(reported):
     assert "benchmark `digits`" in text and "2 seed(s)" in text
     assert convention["fpr95"] in text and "Positive class: **ID**" in text
     assert "higher score = more ID" in text and "say nothing about" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    paired_part, all_part = text.split("## Every score")
+    table = lambda part: [line for line in part.splitlines()  # noqa: E731
+                          if line.startswith("| ") and not line.startswith("| method")]
+    # the paper's pairing leads: OE with MSP, the paper's method with Eq. 6
+    paired = table(paired_part)
+    assert [r.split(" | ")[:2] for r in paired] == [["| oe", "msp"], ["| sep", "fs"]]
+    oe_msp = _values(reported, "oe", "msp", "mean", "auroc")
+    assert f"{oe_msp.mean():.2f} ± {oe_msp.std(ddof=1):.2f}" in paired[0]
+    rows = table(all_part)
     assert len(rows) == len(METHODS) * len(reported["params"]["score"]["scores"])
     assert [r.split(" | ")[0][2:] for r in rows[:2]] == METHODS  # grid order
     assert all("**fs**" in r for r in rows[:2])  # main score first
@@ -273,8 +281,8 @@ def test_report_sets_published_numbers_beside_the_cells(reported, monkeypatch):
     monkeypatch.chdir(reported["root"])
     params = reported["params"]
     inputs = report.load_inputs(params, "digits")
-    entry = {"table": 2, "method": "oe", "score": "fs", "set": "mean", "fpr95": 10.0, "auroc": 90.0,
-             "convention": "id_positive", "source": "test"}
+    entry = {"table": 2, "method": "oe", "score": "fs", "set": "mean", "start": "test-start", "fpr95": 10.0,
+             "auroc": 90.0, "convention": "id_positive", "source": "test"}
     inputs["paper"] = {"source": {"version": "test-version"}, "benchmarks": {"digits": {"entries": [
         entry, {**entry, "method": "dal"}, {**entry, "method": "sep", "set": "gaussian", "fpr95": None,
                                             "note": "not published: test"}]}}}
@@ -293,6 +301,10 @@ def test_report_sets_published_numbers_beside_the_cells(reported, monkeypatch):
     assert sep.status == "not published"
     assert sep.measured_mean == pytest.approx(_values(reported, "sep", "fs", "gaussian", "fpr95").mean(), abs=1e-4)
     assert "test-version" in outputs["paper_md"] and "not run: method 'dal'" in outputs["paper_md"]
+    pre = params["benchmarks"]["digits"]["pretrain"]
+    assert (f"- Measured cells start from: a CE model trained here, stopped after epoch {pre['epochs']} of a "
+            f"{pre['schedule_epochs']}-epoch cosine schedule.") in outputs["paper_md"]
+    assert "| 2 | oe | fs | test-start |" in outputs["paper_md"]  # each entry names its start
     assert outputs["summary"]["paper"]["oe"]["fs"]["published"] == {"fpr95": 10.0, "auroc": 90.0}
     assert set(outputs["summary"]) == {*METHODS, "paper"}
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "scores": ["msp", "energy", "max_logit", "abs_cosine_sum", "feature_separation_score", "build_detector",
                "DETECTORS", "Detector", "MSP", "Energy", "MaxLogit", "AbsCosine", "FeatureSeparation"],
     "metrics": ["ood_metrics", "fpr_at_tpr", "auroc", "average_precision", "CONVENTIONS"],
-    "nc": ["nc_metrics", "principal_basis", "separation_degrees", "class_means"],
+    "nc": ["nc_metrics", "principal_basis", "separation_degrees", "span_measures", "anchor_measures", "class_means"],
     "posthoc": ["ReAct", "KNN", "Mahalanobis", "ViM", "NECO", "NCI", "ODIN"],
     "methods": ["METHODS", "make_objective", "DALAugmentation"],
     "models": ["SmallCNN", "WideResNet", "ResNet50", "build_model", "import_state", "load_state"],

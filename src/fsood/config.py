@@ -159,6 +159,10 @@ def _check_cross_fields(params: dict, source: str) -> None:
             problems.append(
                 f"benchmarks.{name}.finetune.stage2_epoch={ft['stage2_epoch']} exceeds epochs={ft['epochs']}"
             )
+        pre = bench["pretrain"]
+        if pre["schedule_epochs"] < pre["epochs"]:
+            problems.append(f"benchmarks.{name}.pretrain.schedule_epochs={pre['schedule_epochs']} is shorter than "
+                            f"epochs={pre['epochs']}: the cosine schedule must cover every epoch trained")
         norm = bench["data"].get("normalize")  # a declared benchmark may leave it to the data stage
         if norm and len(norm["mean"]) != len(norm["std"]):
             problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")

@@ -211,6 +211,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                 "history": Input("finetune", "history", over=("method", "seed"))},
         params=("grid", "report", "score", "benchmarks.{benchmark}.score", "benchmarks.{benchmark}.data.ood_sets",
                 "benchmarks.{benchmark}.notes",
+                # what the cells started from, named in the paper comparison
+                "benchmarks.{benchmark}.pretrain.checkpoint", "benchmarks.{benchmark}.pretrain.epochs",
+                "benchmarks.{benchmark}.pretrain.schedule_epochs",
                 "benchmarks.{benchmark}.finetune.stage2_epoch"),
         entry=("fsood.stages.report",), files=("paper_results.yaml",),
         resources=Resources(mem_mb=2000, runtime=30),

@@ -3,8 +3,9 @@
 A cache holds ``fc_weight``, ``fc_bias`` and, per set (``id_test`` and each OOD set),
 ``<set>__logits``, ``<set>__features`` and ``<set>__labels``. Since the post-hoc detectors
 it also holds ``id_train__{logits,features,labels}`` (a capped ID-train subset that fitted
-detectors learn from; never an OOD set) and, when ODIN is scored, ``<set>__odin`` with
-``odin_temperature`` / ``odin_epsilon``. Older caches without them still give every score
+detectors learn from; never an OOD set) with ``id_train_size`` (the whole set's size) and, when
+ODIN is scored, ``<set>__odin`` with ``odin_temperature`` / ``odin_epsilon``; when Mahalanobis
+is scored with input pre-processing, ``<set>__mahalanobis`` with ``mahalanobis_epsilon``. Older caches without them still give every score
 that needs neither.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fsood.scores import Detector, build_detector
 
 FIT_SET = "id_train"  # the ID-train forward pass fitted detectors learn from
 NOT_OOD = ("id_test", FIT_SET)
+TRAIN_SIZE = "id_train_size"  # images in the whole ID-train set, of which the fit pass holds a sample
 
 
 def detector(name: str, score_cfg: dict) -> Detector:
@@ -39,6 +41,8 @@ def fit_detector(det: Detector, cache: dict[str, np.ndarray]) -> Detector:
     if missing:
         raise ValueError(f"score {det.name!r} is fitted on ID training statistics, but the cache lacks {missing}: "
                          "it predates them; rerun the score stage")
+    if TRAIN_SIZE in cache:  # the fit pass may be a sample of the ID-train set (score.fit_samples)
+        det.train_size = int(np.asarray(cache[TRAIN_SIZE]).item())  # saved 0-d arrays come back 1-d
     return det.fit(*(cache[k] for k in keys))
 
 
@@ -70,6 +74,17 @@ def _check_groups(groups: dict[str, list[str]], ood_sets: list[str]) -> None:
             raise ValueError(f"metric group {group!r} names {missing}, which the cache lacks; its OOD sets: {ood_sets}")
 
 
+def _train_class_means(cache: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Class means of the cache's ID-train pass (Table 14's anchors); None for caches without it."""
+    if f"{FIT_SET}__features" not in cache:
+        return None
+    counts = np.bincount(np.asarray(cache[f"{FIT_SET}__labels"], dtype=np.int64), minlength=len(cache["fc_weight"]))
+    if (counts == 0).any():  # a tiny fit_samples cap can miss a class: no mean to anchor on
+        return None
+    return nc.class_means(np.asarray(cache[f"{FIT_SET}__features"], dtype=np.float64),
+                          np.asarray(cache[f"{FIT_SET}__labels"], dtype=np.int64), len(cache["fc_weight"]))
+
+
 def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
                        groups: dict[str, list[str]] | None = None) -> dict:
     """Per-score, per-OOD-set metrics in percent, group means, ID accuracy and feature separation.
@@ -92,9 +107,10 @@ def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
         result["scores"][score] = {name: {k: pct(v) for k, v in r.items()} for name, r in rows.items()}
     labels = cache["id_test__labels"]
     result["id_accuracy"] = pct(float((cache["id_test__logits"].argmax(1) == labels).mean()))
-    basis = nc.principal_basis(cache["fc_weight"])
+    means = _train_class_means(cache)
     result["separation"] = {
-        name: {k: round(v, 6) for k, v in nc.separation_degrees(cache[f"{name}__features"], basis).items()}
+        name: {k: round(v, 6) for k, v in nc.separation_degrees(
+            cache[f"{name}__features"], cache[f"{name}__logits"], cache["fc_weight"], means).items()}
         for name in ["id_test", *ood_sets]
     }
     result["nc_id_test"] = {k: round(v, 6) for k, v in nc.nc_metrics(

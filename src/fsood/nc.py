@@ -82,12 +82,17 @@ def principal_basis(weight: np.ndarray) -> np.ndarray:
     return u[:, :rank]
 
 
-def separation_degrees(features: np.ndarray, basis: np.ndarray) -> dict[str, float]:
-    """The paper's Table 7 measures of how far features lie from span(W).
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-    * cos_to_span: mean ||P z|| / ||z|| (cosine between z and its projection);
+
+def span_measures(features: np.ndarray, basis: np.ndarray) -> dict[str, float]:
+    """How far features lie from span(W) (``basis``: orthonormal, from :func:`principal_basis`).
+
+    * cos_to_span: mean ||P z|| / ||z|| (cosine between z and its projection P z);
     * dist_to_span: mean ||z - P z||;
-    * recon_error: mean ||z - P z||^2 / ||z||^2 (relative reconstruction error).
+    * recon_error: mean ||z - P z||^2 / ||z||^2, the relative reconstruction error to span(W),
+      the paper's Table 7 third measure. Per sample cos_to_span^2 + recon_error = 1.
     """
     z = np.asarray(features, dtype=np.float64)
     proj = (z @ basis) @ basis.T
@@ -98,3 +103,38 @@ def separation_degrees(features: np.ndarray, basis: np.ndarray) -> dict[str, flo
         "dist_to_span": float(resid.mean()),
         "recon_error": float(((resid / norm) ** 2).mean()),
     }
+
+
+def anchor_measures(features: np.ndarray, anchors: np.ndarray, predicted: np.ndarray,
+                    unit: bool) -> tuple[float, float]:
+    """(mean Euclidean distance, mean cosine) between each feature and the anchor of its predicted class.
+
+    ``anchors`` (C, d): classifier rows w_c (Table 7) or class means mu_c (Table 14); ``predicted``:
+    argmax of the logits. ``unit``: the distance between L2-normalised z and anchor (the geometry of
+    the cosine losses), else between the raw vectors. The cosine is signed.
+    """
+    z = np.asarray(features, dtype=np.float64)
+    a = np.asarray(anchors, dtype=np.float64)[np.asarray(predicted, dtype=np.int64)]
+    cos = (_unit_rows(z) * _unit_rows(a)).sum(axis=1)
+    diff = _unit_rows(z) - _unit_rows(a) if unit else z - a
+    return float(np.linalg.norm(diff, axis=1).mean()), float(cos.mean())
+
+
+def separation_degrees(features: np.ndarray, logits: np.ndarray, weight: np.ndarray,
+                       means: np.ndarray | None = None) -> dict[str, float]:
+    """The paper's feature-separation degrees of one set, plus the span(W) measures.
+
+    Table 7 (Sec. 4.5): ``dist_pred_weight`` and ``cos_pred_weight``, distance and cosine between z
+    and the weight w_yhat of the predicted class yhat = argmax logits, and ``recon_error``, the
+    reconstruction error to span(W). The paper prints no formula; its distances (0.69-1.21) are on
+    the scale of unit vectors, so the distance is ||z/||z|| - w/||w||||. Table 14 (A.6, with ``means``,
+    the ID-train class means mu_c): ``dist_pred_mean`` and ``cos_pred_mean``, the same with mu_yhat in
+    place of w_yhat; its distances reach 6.18, beyond the unit scale, so they are between raw vectors.
+    ``cos_to_span`` and ``dist_to_span`` (:func:`span_measures`) measure closeness to span(W) as a whole.
+    """
+    predicted = np.asarray(logits).argmax(axis=1)
+    out = span_measures(features, principal_basis(weight))
+    out["dist_pred_weight"], out["cos_pred_weight"] = anchor_measures(features, weight, predicted, unit=True)
+    if means is not None:
+        out["dist_pred_mean"], out["cos_pred_mean"] = anchor_measures(features, means, predicted, unit=False)
+    return out

@@ -1,8 +1,9 @@
 """The paper's published numbers (``paper_results.yaml``) beside the measured ones.
 
 ``paper_results.yaml`` holds, per benchmark, one entry per (method, score, OOD set): the table
-it comes from, FPR95 and AUROC in percent (``null`` where the paper prints no value), the
-metric convention and the paper version. :func:`load` checks every entry and names the bad
+it comes from, the starting model it assumes (``start``, a checkpoint-registry name), FPR95 and
+AUROC in percent (``null`` where the paper prints no value), the metric convention and the paper
+version. :func:`load` checks every entry and names the bad
 one. :func:`compare` puts each published number beside the mean ± std over the grid's seeds of
 ``scores.<score>.<set>.<metric>`` in the cells' metrics.json, with a status:
 
@@ -42,10 +43,10 @@ HARD_SETS = {  # Table 11 (CIFAR-10 only in the paper)
     "cifar100": ("lsun_fix", "imagenet_resize", "cifar10", "tin"),
     "imagenet": (),
 }
-REQUIRED = ("table", "method", "score", "set", "fpr95", "auroc", "convention", "source")
+REQUIRED = ("table", "method", "score", "set", "start", "fpr95", "auroc", "convention", "source")
 OPTIONAL = ("note",)
 STATUSES = ("measured", "not run", "not comparable", "not published")
-COLUMNS = ["table", "method", "score", "set", "metric", "published", "measured_mean", "measured_std", "n_seeds",
+COLUMNS = ["table", "method", "score", "start", "set", "metric", "published", "measured_mean", "measured_std", "n_seeds",
            "difference", "status", "detail", "note"]
 POSITIVE = {"id_positive": "id", "ood_positive": "ood"}  # convention -> metrics.json convention.positive
 
@@ -130,6 +131,8 @@ def _entry_problems(entry, bench: str) -> list[str]:
     table = entry.get("table")
     if "table" in entry and (isinstance(table, bool) or not isinstance(table, int) or table < 1):
         problems.append(f"table {table!r} is not a positive table number")
+    if "start" in entry and not _text(entry["start"]):
+        problems.append(f"start {entry['start']!r} is not a non-empty starting-model name")
     if "source" in entry and not _text(entry["source"]):
         problems.append(f"source {entry['source']!r} is not a non-empty paper version")
     if "note" in entry and not _text(entry["note"]):
@@ -168,7 +171,8 @@ def compare(published: list[dict], metrics: dict, methods: list[str]) -> pd.Data
 
 def _row(entry: dict, metric: str, cells: dict, methods: list[str]) -> dict:
     method, score, ood_set = entry["method"], entry["score"], entry["set"]
-    row = {"table": entry["table"], "method": method, "score": score, "set": ood_set, "metric": metric,
+    row = {"table": entry["table"], "method": method, "score": score, "start": entry["start"], "set": ood_set,
+           "metric": metric,
            "published": entry[metric], "measured_mean": None, "measured_std": None, "n_seeds": 0,
            "difference": None, "note": entry.get("note", "")}
     if method not in methods:
@@ -219,8 +223,12 @@ def _measured(r) -> str:
 
 
 def comparison_markdown(frame: pd.DataFrame, data: dict, benchmark: str, seeds: list[int],
-                        note: str | None = None) -> str:
-    """The averages first (method x metric), then every published entry; notes as footnotes."""
+                        note: str | None = None, measured_start: str | None = None) -> str:
+    """The averages first (method x metric), then every published entry; notes as footnotes.
+
+    Each row names the score and the starting model (``start``) the published entry assumes;
+    ``measured_start`` says what the measured cells started from.
+    """
     title = f"# Paper comparison: benchmark `{benchmark}`"
     if frame.empty:
         lines = [title, "", f"The paper publishes no numbers for `{benchmark}`: `paper_results.yaml` holds "
@@ -234,7 +242,11 @@ def comparison_markdown(frame: pd.DataFrame, data: dict, benchmark: str, seeds: 
              "`scores.<score>.<set>.<metric>` (std with ddof=1; 0 for one seed); difference = measured - published.",
              "- Published numbers are ID-positive (Hendrycks' FPR95); cells scored with OOD-positive metrics are "
              "`not comparable` and get no difference.",
-             "- Rows: " + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in STATUSES) + "."]
+             "- Each published entry names its score and the starting model it assumes (`start`, a name in "
+             "fsood's checkpoint registry); a measured number is of the same score."]
+    if measured_start:
+        lines.append(f"- Measured cells start from: {measured_start}.")
+    lines.append("- Rows: " + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in STATUSES) + ".")
     if note:
         lines.append(f"- {note}")
     footnotes: dict[str, int] = {}
@@ -246,20 +258,21 @@ def comparison_markdown(frame: pd.DataFrame, data: dict, benchmark: str, seeds: 
     means = frame[frame["set"] == "mean"]
     if not means.empty:
         lines += ["", "## Averages over the main OOD sets", "",
-                  "| table | method | score | FPR95 published | FPR95 measured | Δ | AUROC published | "
-                  "AUROC measured | Δ | status |", "|" + "---|" * 10]
-        for (table, method, score), group in means.groupby(["table", "method", "score"], sort=False):
+                  "| table | method | score | start | FPR95 published | FPR95 measured | Δ | AUROC published | "
+                  "AUROC measured | Δ | status |", "|" + "---|" * 11]
+        for (table, method, score, start), group in means.groupby(["table", "method", "score", "start"],
+                                                                  sort=False):
             by = {r.metric: r for r in group.itertuples()}
             cells = [f"{_num(by[k].published)} | {_measured(by[k])} | {_num(by[k].difference, '+.2f')}"
                      for k in METRICS]
             status = "; ".join(dict.fromkeys(group["status"])) + mark(group["note"].iloc[0])
-            lines.append(f"| {table} | {method} | {score} | {' | '.join(cells)} | {status} |")
+            lines.append(f"| {table} | {method} | {score} | {start} | {' | '.join(cells)} | {status} |")
     lines += ["", "## Every published entry", "",
-              "| table | method | score | set | metric | published | measured | difference | status |",
-              "|" + "---|" * 9]
+              "| table | method | score | start | set | metric | published | measured | difference | status |",
+              "|" + "---|" * 10]
     for r in frame.itertuples():
         status = r.status if r.status in ("measured", "not published") else f"{r.status}: {r.detail}"
-        lines.append(f"| {r.table} | {r.method} | {r.score} | {r.set} | {r.metric} | {_num(r.published)} | "
+        lines.append(f"| {r.table} | {r.method} | {r.score} | {r.start} | {r.set} | {r.metric} | {_num(r.published)} | "
                      f"{_measured(r)} | {_num(r.difference, '+.2f')} | {status}{mark(r.note)} |")
     if footnotes:
         lines += ["", "Notes:", ""] + [f"{i}. {text}" for text, i in footnotes.items()]

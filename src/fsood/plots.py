@@ -169,15 +169,42 @@ def _label_above(ax, container, stats: pd.DataFrame, fmt: str) -> None:
                     textcoords="offset points", ha="center", va="bottom", fontsize=7)
 
 
+SEPARATION_PANELS = {  # measure in metrics.json's `separation` -> (panel title, y label)
+    "cos_pred_weight": ("paper's Table 7: cosine to the predicted class's weight", "mean cos(z, w_yhat)"),
+    "cos_pred_mean": ("paper's Table 14: cosine to the predicted class's ID-train mean", "mean cos(z, mu_yhat)"),
+    "cos_to_span": ("cosine to span(W) (1 - Table 7's reconstruction error, per sample squared)",
+                    "mean ||Pz|| / ||z||"),
+}
+
+
+def _separation_panel(ax, data: pd.DataFrame, measure: str, methods: list[str], sets: list[str]) -> None:
+    """Bars of one separation measure: ID test (shaded) and each OOD set, one bar per method."""
+    sns.barplot(data=data, x="set", y="value", hue="method", order=sets, hue_order=methods, errorbar="sd",
+                capsize=0.1, err_kws={"linewidth": 1}, palette="deep", ax=ax)
+    stats = data.groupby(["method", "set"])["value"].agg(["mean", "std"])
+    for method, container in zip(methods, ax.containers):
+        _label_above(ax, container, stats.loc[method].reindex(sets), "{:.2f}")
+    title, ylabel = SEPARATION_PANELS[measure]
+    ax.set_ylim(min(0.0, float(data["value"].min()) - 0.05), 1.12)
+    ax.set(xlabel="", ylabel=ylabel)
+    ax.axvspan(-0.5, 0.5, color="0.92", zorder=0)
+    ax.set_title(f"{title}\nseparation wants OOD below ID test (shaded)", fontsize=10)
+    ax.tick_params(axis="x", rotation=20)
+    ax.legend(title="method", loc="upper right", fontsize=7, title_fontsize=8, ncol=len(methods))
+
+
 def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[str], sets: list[str],
                       subtitle: str = "") -> Figure:
-    """Left: NC1-NC4 of the pretrained model on ID train (Papyan et al.; the paper's Sec. 3 premise).
-    Right: cos(z, span W) of ID test vs each OOD set per method, the paper's Table 7.
+    """NC1-NC4 of the pretrained model on ID train (Papyan et al.; the paper's Sec. 3 premise), then
+    one panel per feature-separation measure present (SEPARATION_PANELS): the paper's Table 7
+    (predicted-class weight), Table 14 (predicted-class mean) and the cosine to span(W).
 
     ``nc``: long DataFrame (seed, metric, value); ``separation``: long DataFrame
-    (method, seed, set, cos_to_span). Error bars: std over seeds.
+    (method, seed, set, measure, value). Error bars: std over seeds.
     """
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.4), gridspec_kw={"width_ratios": [1, 1.7]})
+    measures = [m for m in SEPARATION_PANELS if m in set(separation["measure"])]
+    fig, axes = plt.subplots(2, 2, figsize=(15, 10), squeeze=False)
+    left = axes[0, 0]
     metrics = [m for m in NC_LABELS if m in set(nc["metric"])]
     sns.barplot(data=nc, x="metric", y="value", order=metrics, errorbar="sd", color="#4c72b0", capsize=0.2,
                 err_kws={"linewidth": 1}, ax=left)
@@ -187,18 +214,11 @@ def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[
     left.set(xlabel="", ylabel="value (0 = perfect collapse)")
     left.set_title(f"Neural Collapse of the pretrained model, ID train\n(n seeds = {nc['seed'].nunique()})",
                    fontsize=11)
-    sns.barplot(data=separation, x="set", y="cos_to_span", hue="method", order=sets, hue_order=methods,
-                errorbar="sd", capsize=0.1, err_kws={"linewidth": 1}, palette="deep", ax=right)
-    sep_stats = separation.groupby(["method", "set"])["cos_to_span"].agg(["mean", "std"])
-    for method, container in zip(methods, right.containers):
-        _label_above(right, container, sep_stats.loc[method].reindex(sets), "{:.2f}")
-    right.set_ylim(0, 1.08)
-    right.set(xlabel="", ylabel="mean cos(z, span W) = ||Pz|| / ||z||")
-    right.axvspan(-0.5, 0.5, color="0.92", zorder=0)
-    right.set_title("Feature separation (paper's Table 7): cosine to span(W)\n"
-                    "higher = closer to span(W); separation wants OOD (right) below ID test (shaded)", fontsize=11)
-    right.tick_params(axis="x", rotation=20)
-    right.legend(title="method", loc="upper right", fontsize=8, title_fontsize=9, ncol=len(methods))
+    panels = list(axes.flat[1:])
+    for ax, measure in zip(panels, measures):
+        _separation_panel(ax, separation[separation["measure"] == measure], measure, methods, sets)
+    for ax in panels[len(measures):]:
+        ax.axis("off")
     fig.suptitle(f"Neural Collapse and feature separation  {subtitle}".rstrip(), fontsize=13)
     fig.tight_layout()
     return fig

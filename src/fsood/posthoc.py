@@ -69,24 +69,38 @@ class ReAct(Detector):
 class KNN(Detector):
     """Deep nearest neighbours (Sun et al., ICML 2022): -||z - z_(k)|| on unit-length features.
 
-    z_(k) is the k-th nearest of the L2-normalised ID-train features (the paper's k = 50 for
-    CIFAR-10). The authors rank by faiss' squared distance; the plain distance ranks the same.
-    Exact search by chunked matmul (||a - b||^2 = 2 - 2 a.b for unit vectors), no faiss.
+    z_(k) is the k-th nearest of the L2-normalised ID-train features. ``k`` is meant for the full
+    ID-train set (the KNN paper: 50 for CIFAR-10's 50,000 images). With ``scale_k`` (default) and a
+    bank sampled from it (``score.fit_samples`` below the ID-train size, which the score stage
+    records as ``train_size``), k is scaled with the sampled fraction, the KNN paper's rule for a
+    sampled bank (ImageNet: k 1,000 on all images, 10 on 1 %): k' = max(1, round(k * bank / train_size)).
+    The authors of the separation paper score their models with k = 1 (CIFAR) and 10 (ImageNet)
+    on the full bank. The KNN authors rank by faiss' squared distance; the plain distance ranks the
+    same. Exact search by chunked matmul (||a - b||^2 = 2 - 2 a.b for unit vectors), no faiss.
     """
 
     k: int = 50
+    scale_k: bool = True
     chunk_elements: int = 1 << 22  # similarities held at once (32 MiB of float64)
     name = "knn"
     needs_fit = True
     bank: np.ndarray | None = _fitted()
+    k_used: int | None = _fitted()
 
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"knn: k={self.k} must be >= 1")
 
+    def effective_k(self, bank_size: int) -> int:
+        """k for a bank of ``bank_size`` of the ``train_size`` ID-train images (k itself if unscaled or full)."""
+        if not self.scale_k or self.train_size is None or bank_size >= self.train_size:
+            return self.k
+        return max(1, round(self.k * bank_size / self.train_size))
+
     def fit(self, logits, features, labels, weight, bias):
-        if len(features) < self.k:
-            raise ValueError(f"knn: k={self.k} exceeds the {len(features)} ID-train samples "
+        self.k_used = self.effective_k(len(features))
+        if len(features) < self.k_used:
+            raise ValueError(f"knn: k={self.k_used} exceeds the {len(features)} ID-train samples "
                              "(raise score.fit_samples or lower score.options.knn.k)")
         self.bank = _unit_rows(features)
         return self
@@ -94,12 +108,12 @@ class KNN(Detector):
     def score(self, logits, features, weight):
         self._require_fit(self.bank)
         z = _unit_rows(features)
-        n = len(self.bank)
+        n, k = len(self.bank), self.k_used
         rows = max(1, self.chunk_elements // n)
         kth = np.empty(len(z))
         for start in range(0, len(z), rows):
             sims = z[start:start + rows] @ self.bank.T
-            kth[start:start + rows] = np.partition(sims, n - self.k, axis=1)[:, n - self.k]  # k-th largest
+            kth[start:start + rows] = np.partition(sims, n - k, axis=1)[:, n - k]  # k-th largest
         return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
 
 
@@ -110,14 +124,24 @@ class Mahalanobis(Detector):
 
     Class means mu_c and one shared (tied) covariance Sigma = (1/N) sum_i (z_i - mu_{y_i})(...)^T
     from ID-train features and their true labels; score = max_c -(z - mu_c)^T Sigma^+ (z - mu_c)
-    (pseudo-inverse, as sklearn's EmpiricalCovariance in the authors' code). This is the
-    feature-only variant: no input preprocessing and no ensemble over layers.
+    (pseudo-inverse, as sklearn's EmpiricalCovariance in the authors' code), on the last layer only
+    (no ensemble over layers). ``epsilon`` > 0 adds Lee et al.'s input pre-processing, which the
+    separation paper's authors run with magnitude 0.01: x~ = x - epsilon * sign(grad_x d_min(x)) / std_c
+    (d_min the distance to the nearest class mean), then the score of f(x~). That needs input
+    gradients, so the score stage runs it in its own pass (``fsood.stages.score.mahalanobis_scores``)
+    and caches ``<set>__mahalanobis`` with ``mahalanobis_epsilon``; :meth:`score_set` reads them.
+    :meth:`score` is the feature-only score (epsilon 0).
     """
 
+    epsilon: float = 0.0
     name = "mahalanobis"
     needs_fit = True
     means: np.ndarray | None = _fitted()
     precision: np.ndarray | None = _fitted()
+
+    def __post_init__(self):
+        if not 0 <= self.epsilon <= 1:
+            raise ValueError(f"mahalanobis: epsilon={self.epsilon} must lie in [0, 1] (pixel units)")
 
     def fit(self, logits, features, labels, weight, bias):
         z = np.asarray(features, dtype=np.float64)
@@ -133,6 +157,26 @@ class Mahalanobis(Detector):
         z = np.asarray(features, dtype=np.float64)
         dist = np.stack([((z - mu) @ self.precision * (z - mu)).sum(axis=1) for mu in self.means], axis=1)
         return -dist.min(axis=1)
+
+    def score_set(self, cache, name):
+        if self.epsilon == 0:
+            return super().score_set(cache, name)
+        return _cached_pass(cache, name, self.name, {"epsilon": self.epsilon})
+
+
+def _cached_pass(cache, name: str, score: str, settings: dict[str, float]) -> np.ndarray:
+    """``<name>__<score>`` from a cache whose extra input-gradient pass used exactly ``settings``
+    (stored as ``<score>_<setting>``); a clear error when the pass is missing or used other values."""
+    key = f"{name}__{score}"
+    stored = [f"{score}_{k}" for k in settings]
+    if key not in cache or any(k not in cache for k in stored):
+        raise ValueError(f"score {score!r} needs {key!r} in the cache, which only the score stage's {score} pass "
+                         f"writes: list {score} in score.scores and rerun the score stage")
+    used = tuple(float(np.asarray(cache[k]).item()) for k in stored)
+    if not np.allclose(used, tuple(settings.values()), rtol=1e-12, atol=0):
+        raise ValueError(f"the cache's {score} scores used ({', '.join(settings)})={used}, but "
+                         f"score.options.{score} asks for {tuple(settings.values())}: rerun the score stage")
+    return np.asarray(cache[key], dtype=np.float64)
 
 
 def vim_dim(feature_dim: int) -> int:
@@ -283,12 +327,4 @@ class ODIN(Detector):
                          "<set>__odin entries (use score_set(cache, name))")
 
     def score_set(self, cache, name):
-        key = f"{name}__odin"
-        if key not in cache or "odin_temperature" not in cache:
-            raise ValueError(f"score 'odin' needs {key!r} in the cache, which only the score stage's ODIN "
-                             "pass writes: list odin in score.scores and rerun the score stage")
-        used = (float(cache["odin_temperature"]), float(cache["odin_epsilon"]))
-        if not np.allclose(used, (self.temperature, self.epsilon), rtol=1e-12, atol=0):
-            raise ValueError(f"the cache's ODIN scores used (temperature, epsilon)={used}, but "
-                             f"score.options.odin asks for {(self.temperature, self.epsilon)}: rerun the score stage")
-        return np.asarray(cache[key], dtype=np.float64)
+        return _cached_pass(cache, name, self.name, {"temperature": self.temperature, "epsilon": self.epsilon})

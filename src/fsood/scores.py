@@ -72,6 +72,9 @@ class Detector:
 
     name = "base"
     needs_fit = False
+    # the ID-train set's full size, which fit() may see only a sample of (set by
+    # fsood.evaluation.fit_detector from the cache; KNN scales its k with it); None: unknown
+    train_size = None  # int | None; not annotated: a class attribute, not a dataclass field (no option)
 
     def fit(self, logits: np.ndarray, features: np.ndarray, labels: np.ndarray, weight: np.ndarray,
             bias: np.ndarray) -> Detector:

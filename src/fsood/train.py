@@ -291,6 +291,19 @@ def check_shards(cfg: dict, processes: int, outliers: bool = True) -> None:
                              "needs at least one image of each batch")
 
 
+def schedule_steps(cfg: dict, steps_per_epoch: int) -> int:
+    """Steps of the cosine schedule: ``schedule_epochs`` (pretraining) or ``epochs`` epochs long.
+
+    Training stops after ``epochs``; a longer schedule stops it part-way down the cosine, as the
+    paper's "half-trained" start (Sec. 4, A.5: epoch 100 of a 200-epoch run).
+    """
+    length = cfg.get("schedule_epochs", cfg["epochs"])
+    if length < cfg["epochs"]:
+        raise ValueError(f"schedule_epochs={length} is shorter than epochs={cfg['epochs']}: the cosine schedule "
+                         "must cover every epoch trained (set schedule_epochs >= epochs)")
+    return steps_per_epoch * length
+
+
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
     """Cosine annealing per step from lr to lr_min (the OE code's LambdaLR)."""
     return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
@@ -346,7 +359,7 @@ def train(
         if ctx.is_main:
             log.warning("%s: the last ID batch of each epoch (%d images) is skipped: fewer than %d ranks",
                         desc, len(xs) % bs_in, ctx.world_size)
-    total_steps = steps_per_epoch * cfg["epochs"]
+    total_steps = schedule_steps(cfg, steps_per_epoch)
     state = None if resume is None else _load_resume(resume, cfg["epochs"], ctx, device, desc)
     if state is not None:  # before the DDP wrapper, which broadcasts rank 0's weights when built
         model.load_state_dict(state["model"])

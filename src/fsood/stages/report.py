@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 FINE_TUNED_FIRST = ("oe", "sep")  # the paper's Fig. 2 compares OE and feature separation
 SUBSAMPLE_SEED = 0  # same points for every method: ID test and OOD sets are shared between cells
 TABLE_METRICS = ("fpr95", "auroc")
+PAPER_PAIRING = {"sep": "fs", "oe_clu": "fs", "oe_sep": "fs", "sep_energy": "fs"}  # others (baselines): msp
 NC_KEYS = ("nc1", "nc2_equinorm_means", "nc2_equiangular_means", "nc3", "nc4")
 
 
@@ -148,25 +149,40 @@ def _convention_lines(convention: dict) -> list[str]:
             f"- AUROC: {convention.get('auroc', 'area under ROC')}. All values in percent."]
 
 
+def paired_score(method: str) -> str:
+    """The paper's pairing (A.8): the auxiliary-data baselines with MSP, its own method (and variants) with Eq. 6."""
+    return PAPER_PAIRING.get(method, "msp")
+
+
 def summary_markdown(summary: pd.DataFrame, params: dict, benchmark: str, convention: dict) -> str:
-    """One row per (method, score); FPR95 / AUROC per OOD set and mean, then ID accuracy."""
+    """The paper's pairing first (one row per method, its paired score), then every (method, score):
+    FPR95 / AUROC per OOD set and mean, then ID accuracy."""
     seeds = params["grid"]["seeds"]
     sets = [*ood_set_names(params["benchmarks"][benchmark]), "mean"]
     cell = {(r.method, r.score, r.ood_set, r.metric): f"{r.mean:.2f} ± {r.std:.2f}" for r in summary.itertuples()}
     header = ["method", "score"] + [f"{s} {k.upper()}" for s in sets for k in TABLE_METRICS] + ["ID acc."]
+
+    def row(method: str, score: str, name: str) -> str:
+        values = [cell.get((method, score, s, k), "n/a") for s in sets for k in TABLE_METRICS]
+        acc = cell.get((method, score, "id_test", "id_accuracy"), "n/a")
+        return "| " + " | ".join([method, name, *values, acc]) + " |"
+
     lines = [f"# Summary: benchmark `{benchmark}`", "",
              f"- {len(seeds)} seed(s) {seeds}; mean ± std over seeds (std with ddof=1; 0 for one seed).",
-             f"- Main score: `{params['score']['main']}` (listed first); methods in grid order.",
              *_convention_lines(convention)]
     notes = params["benchmarks"][benchmark].get("notes")  # benchmarks.<b>.notes: a caveat of the benchmark
     if notes:
         lines.append(f"- {notes}")
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["", "## The paper's pairing", "",
+              "Each baseline scored with MSP, the paper's method (and its Table 5 / 9 variants) with Eq. 6 "
+              "(`fs`), as the paper compares them (Appendix A.8). `n/a`: that score is not in `score.scores`.", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [row(m, paired_score(m), paired_score(m)) for m in params["grid"]["methods"]]
+    lines += ["", "## Every score", "",
+              f"Main score: `{params['score']['main']}` (listed first); methods in grid order.", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (score, method), _ in summary.groupby(["score", "method"], sort=True, observed=True):
-        values = [cell.get((method, score, s, k), "n/a") for s in sets for k in TABLE_METRICS]
-        acc = cell.get((method, score, "id_test", "id_accuracy"), "n/a")
-        name = f"**{score}**" if score == params["score"]["main"] else score
-        lines.append("| " + " | ".join([method, name, *values, acc]) + " |")
+        lines.append(row(method, score, f"**{score}**" if score == params["score"]["main"] else score))
     return "\n".join(lines) + "\n"
 
 
@@ -250,9 +266,18 @@ def _projection_figure(params: dict, benchmark: str, caches: dict):
 
 
 def _separation_frame(metrics: dict, sets: list[str]) -> pd.DataFrame:
-    rows = [(method, seed, name, m["separation"][name]["cos_to_span"])
-            for (method, seed), m in metrics.items() for name in sets]
-    return pd.DataFrame(rows, columns=["method", "seed", "set", "cos_to_span"])
+    """Long (method, seed, set, measure, value) of the figure's separation measures each cell holds."""
+    rows = [(method, seed, name, k, float(v)) for (method, seed), m in metrics.items() for name in sets
+            for k, v in m["separation"][name].items() if k in plots.SEPARATION_PANELS]
+    return pd.DataFrame(rows, columns=["method", "seed", "set", "measure", "value"])
+
+
+def start_description(pretrain: dict) -> str:
+    """What the benchmark's cells start from: a registry checkpoint, or the schedule trained here."""
+    if pretrain["checkpoint"]:
+        return f"`{pretrain['checkpoint']}`"
+    return (f"a CE model trained here, stopped after epoch {pretrain['epochs']} of a "
+            f"{pretrain['schedule_epochs']}-epoch cosine schedule")
 
 
 def _nc_frame(nc_train: dict) -> pd.DataFrame:
@@ -291,7 +316,8 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
         "table_md": summary_markdown(summary, params, benchmark, convention),
         "summary": {**summary_json(summary), **({"paper": paper_summary} if paper_summary else {})},
         "paper_md": paper.comparison_markdown(comparison, inputs["paper"], benchmark, grid["seeds"],
-                                              params["benchmarks"][benchmark].get("notes")),
+                                              params["benchmarks"][benchmark].get("notes"),
+                                              start_description(params["benchmarks"][benchmark]["pretrain"])),
         "paper_csv": paper.comparison_csv(comparison),
         "histograms": plots.to_png(hist),
         "projection": plots.to_png(_projection_figure(params, benchmark, inputs["caches"])),

@@ -2,12 +2,14 @@
 
 The cache holds ID test, every OOD set of the manifest (main ``ood_sets`` and, where the
 benchmark has them, Table 2's ``hard_ood_sets``), a capped ID-train subset for the fitted
-detectors (``score.fit_samples``) and, when ``odin`` is scored, ODIN's scores: ODIN needs
-input gradients, so it gets its own pass here.
+detectors (``score.fit_samples``) and, when ``odin`` or ``mahalanobis`` with input
+pre-processing (``score.options.mahalanobis.epsilon`` > 0) is scored, their scores: both need
+input gradients, so each gets its own pass here.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,9 +18,9 @@ import torch.nn.functional as F
 from fsood import contract, provenance
 from fsood import runtime as rt
 from fsood.config import score_params
-from fsood.evaluation import FIT_SET, metrics_from_cache
+from fsood.evaluation import FIT_SET, TRAIN_SIZE, fitted_detector, metrics_from_cache
 from fsood.io import save_npz, write_json
-from fsood.posthoc import odin_softmax
+from fsood.posthoc import Mahalanobis, odin_softmax
 from fsood.stages.common import benchmark_data, load_model, normalization
 from fsood.train import forward_pass, normalizer
 
@@ -46,14 +48,15 @@ def fit_subset(labels: np.ndarray, cap: int | None, seed: int = FIT_SUBSET_SEED)
     return np.sort(order[:cap])
 
 
-def odin_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, device: torch.device, norm: dict,
-                temperature: float, epsilon: float) -> np.ndarray:
-    """ODIN (Liang et al. 2018) on uint8 images: max softmax at T of the perturbed normalised input.
+def perturbed_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, device: torch.device, norm: dict,
+                     epsilon: float, loss_of: Callable, score_of: Callable) -> np.ndarray:
+    """Input pre-processing on uint8 images (ODIN; Lee et al.'s Mahalanobis), batch by batch.
 
-    As the authors' code: the label is the prediction, the loss is cross-entropy of f(x)/T,
-    the step is ``-epsilon * s / std_c`` with s = +1 where the input gradient is >= 0, else
-    -1 (``torch.ge``, so a zero gradient counts as +1, where pytorch-ood's ``sign`` gives 0),
-    and std_c the normalisation's per-channel std: eps in [0, 1] pixel units. No clamping.
+    As both authors' code: x~ = x - epsilon * s / std_c on the normalised input, with s = +1 where
+    the gradient of ``loss_of(model, x)`` is >= 0, else -1 (``torch.ge``, so a zero gradient counts
+    as +1, where pytorch-ood's ``sign`` gives 0), and std_c the normalisation's per-channel std:
+    epsilon in [0, 1] pixel units. No clamping. Returns ``score_of(model, x~)`` (numpy) per image.
+    ``loss_of`` must sum per-sample losses, so each image's gradient is its own.
     """
     model.eval()
     to_input = normalizer(norm, device)
@@ -65,18 +68,64 @@ def odin_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, device: to
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         inputs.requires_grad_(True)
         with torch.enable_grad(), rt.autocast(runtime, device):
-            logits = model(inputs).float() / temperature
-            loss = F.cross_entropy(logits, logits.argmax(1), reduction="sum")  # per-sample gradients
+            loss = loss_of(model, inputs)
         (grad,) = torch.autograd.grad(loss, inputs)
         step = (torch.ge(grad, 0).float() * 2 - 1) / std
         with torch.no_grad(), rt.autocast(runtime, device):
-            logits = model(inputs.detach() - epsilon * step).float()
-        out.append(odin_softmax(logits.cpu().numpy(), temperature))
+            out.append(score_of(model, inputs.detach() - epsilon * step))
     return np.concatenate(out)
 
 
+def odin_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, device: torch.device, norm: dict,
+                temperature: float, epsilon: float) -> np.ndarray:
+    """ODIN (Liang et al. 2018): max softmax at T of the perturbed input; the loss is cross-entropy of
+    f(x)/T against the prediction (:func:`perturbed_scores`)."""
+    def loss_of(net, inputs):
+        logits = net(inputs).float() / temperature
+        return F.cross_entropy(logits, logits.argmax(1), reduction="sum")
+
+    return perturbed_scores(model, x, runtime, device, norm, epsilon, loss_of,
+                            lambda net, inputs: odin_softmax(net(inputs).float().cpu().numpy(), temperature))
+
+
+def mahalanobis_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, device: torch.device, norm: dict,
+                       detector: Mahalanobis) -> np.ndarray:
+    """Mahalanobis with Lee et al.'s input pre-processing (``detector.epsilon``; fitted on ID train).
+
+    As their ``get_Mahalanobis_score``: the loss is the distance (z - mu_c)^T Sigma^+ (z - mu_c) to
+    the nearest class mean c of the unperturbed features (their 0.5 factor does not change a
+    sign), the step lowers it, and the score is the detector's on the features of x~.
+    """
+    means = torch.tensor(detector.means, dtype=torch.float32, device=device)
+    precision = torch.tensor(detector.precision, dtype=torch.float32, device=device)
+
+    def loss_of(net, inputs):
+        z = net(inputs, return_features=True)[1].float()
+        zp = z @ precision
+        dist = (zp * z).sum(1, keepdim=True) - 2 * zp @ means.T + ((means @ precision) * means).sum(1)
+        return dist.gather(1, dist.detach().argmin(1, keepdim=True)).sum()
+
+    def score_of(net, inputs):
+        z = net(inputs, return_features=True)[1].float().cpu().numpy()
+        return detector.score(None, z, None)
+
+    return perturbed_scores(model, x, runtime, device, norm, detector.epsilon, loss_of, score_of)
+
+
+def _gradient_passes(model, x, runtime, device, norm, score_cfg: dict, maha: Mahalanobis | None) -> dict:
+    """The extra input-gradient passes of one (non-fit) set: ODIN and pre-processed Mahalanobis."""
+    out = {}
+    if "odin" in score_cfg["scores"]:
+        odin = score_cfg["options"]["odin"]
+        out["odin"] = odin_scores(model, x, runtime, device, norm, odin["temperature"], odin["epsilon"])
+    if maha is not None:
+        out["mahalanobis"] = mahalanobis_scores(model, x, runtime, device, norm, maha)
+    return out
+
+
 def build_cache(params: dict, benchmark: str, method: str, seed: int) -> dict[str, np.ndarray]:
-    """Logits and features of ID test, every OOD set and the ID-train subset, the classifier (W, b), ODIN."""
+    """Logits and features of the ID-train subset, ID test and every OOD set, the classifier (W, b) and the
+    extra input-gradient passes (ODIN; Mahalanobis with pre-processing, fitted on the ID-train subset)."""
     device = rt.configure(params["runtime"], seed)
     data = benchmark_data(benchmark)
     ckpt = contract.out("finetune", "model", benchmark=benchmark, method=method, seed=seed)
@@ -87,21 +136,33 @@ def build_cache(params: dict, benchmark: str, method: str, seed: int) -> dict[st
         "fc_weight": model.fc.weight.detach().cpu().float().numpy(),
         "fc_bias": model.fc.bias.detach().cpu().float().numpy(),
     }
-    odin = score_cfg["options"]["odin"] if "odin" in score_cfg["scores"] else None
-    for name in ["id_test", *data.ood_sets, *data.manifest.get("hard_ood_sets", []), FIT_SET]:
+    maha = None
+    for name in [FIT_SET, "id_test", *data.ood_sets, *data.manifest.get("hard_ood_sets", [])]:  # fit set first
         x, y = data.load(name)
         if name == FIT_SET:
+            cache[TRAIN_SIZE] = np.int64(len(y))
             keep = fit_subset(y, score_cfg["fit_samples"])
             x, y = x[keep], y[keep]
         cache[f"{name}__logits"], cache[f"{name}__features"] = forward_pass(model, x, params["runtime"], device, norm)
         cache[f"{name}__labels"] = y
-        if odin is not None and name != FIT_SET:
-            cache[f"{name}__odin"] = odin_scores(model, x, params["runtime"], device, norm,
-                                                 odin["temperature"], odin["epsilon"])
-    if odin is not None:
-        cache["odin_temperature"] = np.float64(odin["temperature"])
-        cache["odin_epsilon"] = np.float64(odin["epsilon"])
+        if name == FIT_SET:
+            maha = _preprocessed_mahalanobis(score_cfg, cache)
+            continue
+        for score, values in _gradient_passes(model, x, params["runtime"], device, norm, score_cfg, maha).items():
+            cache[f"{name}__{score}"] = values
+    if "odin" in score_cfg["scores"]:
+        cache["odin_temperature"] = np.float64(score_cfg["options"]["odin"]["temperature"])
+        cache["odin_epsilon"] = np.float64(score_cfg["options"]["odin"]["epsilon"])
+    if maha is not None:
+        cache["mahalanobis_epsilon"] = np.float64(maha.epsilon)
     return cache
+
+
+def _preprocessed_mahalanobis(score_cfg: dict, cache: dict) -> Mahalanobis | None:
+    """The fitted Mahalanobis detector when it is scored with input pre-processing (epsilon > 0), else None."""
+    if "mahalanobis" not in score_cfg["scores"] or score_cfg["options"]["mahalanobis"]["epsilon"] == 0:
+        return None
+    return fitted_detector("mahalanobis", score_cfg, cache)
 
 
 def metric_groups(manifest: dict) -> dict[str, list[str]]:

@@ -30,10 +30,8 @@ def run(params: dict, benchmark: str, seed: int) -> None:
     basis = nc.principal_basis(weight)
     metrics["train_accuracy"] = float((logits.argmax(1) == y).mean())
     metrics["rank_w"] = int(basis.shape[1])
-    metrics.update({f"id_train_{k}": v for k, v in nc.separation_degrees(feats, basis).items()})
-    save_npz(out["basis"], {
-        "basis": basis, "weight": weight, "bias": bias,
-        "class_means": nc.class_means(feats.astype(np.float64), y, data.num_classes),
-    })
+    means = nc.class_means(feats.astype(np.float64), y, data.num_classes)
+    metrics.update({f"id_train_{k}": v for k, v in nc.separation_degrees(feats, logits, weight, means).items()})
+    save_npz(out["basis"], {"basis": basis, "weight": weight, "bias": bias, "class_means": means})
     write_json(out["nc"], {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()})
     log.info("NC metrics: %s", metrics)
