@@ -117,3 +117,14 @@ def test_no_other_module_names_a_stages_files():
         text = path.read_text()
         offenders += [f"{path.relative_to(ROOT)}: {n!r}" for n in names if re.search(re.escape(f'"{n}'), text)]
     assert not offenders, offenders
+
+
+def test_readme_stage_table_lists_each_stages_declared_params():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| stage | CLI | params it reads |"):].split("\n\n")[0]
+    rows = {r.split("|")[1].strip(): r.split("|")[3] for r in table.splitlines()[2:]}
+    assert list(rows) == list(contract.STAGES)
+    for name, cell in rows.items():
+        listed = re.findall(r"`([^`]+)`", cell)
+        declared = [k.replace("{benchmark}", "B").replace("{method}", "M") for k in contract.stage(name).params]
+        assert sorted(k for k in listed if k != "provenance.json") == sorted(declared), name

@@ -151,6 +151,7 @@ def test_a_code_edit_reruns_exactly_the_stages_that_run_it(recorded, file):
         path.write_bytes(original)
 
 
+@pytest.mark.trust(kind="input_changed_outside")
 def test_an_input_touched_with_the_same_content_reruns_nothing(recorded):
     """What `dvc checkout` does to a file it restores: new mtime, same bytes."""
     ws, _ = recorded

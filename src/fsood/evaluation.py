@@ -90,7 +90,7 @@ def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
     """Per-score, per-OOD-set metrics in percent, group means, ID accuracy and feature separation.
 
     ``groups`` maps a row name to the OOD sets it averages, e.g. ``{"mean": main sets,
-    "hard_mean": Table 2's hard sets}``; default ``{"mean": every OOD set in the cache}``.
+    "hard_mean": the hard-OOD sets of the paper's Table 11}``; default ``{"mean": every OOD set in the cache}``.
     A group with no sets gets no row. Every OOD set has its own row either way.
     """
     pct = lambda v: round(100.0 * v, 4)  # noqa: E731

@@ -1,7 +1,7 @@
 """Stage 5, score: one forward pass per set into a cache, then every score from the cache.
 
 The cache holds ID test, every OOD set of the manifest (main ``ood_sets`` and, where the
-benchmark has them, Table 2's ``hard_ood_sets``), a capped ID-train subset for the fitted
+benchmark has them, ``hard_ood_sets``: the paper's Table 11), a capped ID-train subset for the fitted
 detectors (``score.fit_samples``) and, when ``odin`` or ``mahalanobis`` with input
 pre-processing (``score.options.mahalanobis.epsilon`` > 0) is scored, their scores: both need
 input gradients, so each gets its own pass here.
@@ -166,7 +166,7 @@ def _preprocessed_mahalanobis(score_cfg: dict, cache: dict) -> Mahalanobis | Non
 
 
 def metric_groups(manifest: dict) -> dict[str, list[str]]:
-    """``mean`` over the main OOD sets; ``hard_mean`` over Table 2's hard-OOD sets where there are any."""
+    """``mean`` over the main OOD sets; ``hard_mean`` over the hard-OOD sets (the paper's Table 11), if any."""
     groups = {"mean": list(manifest["ood_sets"])}
     if manifest.get("hard_ood_sets"):
         groups["hard_mean"] = list(manifest["hard_ood_sets"])
