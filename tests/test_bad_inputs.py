@@ -88,6 +88,11 @@ def cell(digits_ws, monkeypatch) -> Path:
     """A fresh pretrained checkpoint and a previous fine-tuned model in the ``oe`` cell, to be kept."""
     monkeypatch.chdir(digits_ws)
     fsood_io.save_state_dict(digits_ws / PRETRAINED, _model().state_dict())
+    # the stage's other declared inputs (fsood.contract): the pretraining curve and the subspace basis
+    (digits_ws / PRETRAINED).with_name("history.csv").write_text("epoch\n0\n")
+    basis = digits_ws / "results/digits/subspace/seed0/basis.npz"
+    basis.parent.mkdir(parents=True, exist_ok=True)
+    fsood_io.save_npz(basis, {"weight": _model().fc.weight.detach().numpy()})
     out = digits_ws / CELL
     out.mkdir(parents=True, exist_ok=True)
     for p in out.iterdir():

@@ -91,19 +91,19 @@ def test_code_hash_changes_with_a_files_content(tmp_path, monkeypatch):
     (pkg / "helper.py").write_text("A = 1\n")
     monkeypatch.setattr(contract, "SRC", pkg)
     contract.import_closure.cache_clear()
-    contract._file_digest.cache_clear()
+    contract._code_hash.cache_clear()
     try:
         s = contract.Stage("x", "", ("benchmark",), "out/{benchmark}", {"o": contract.Output("o")},
                            entry=("fsood.stages.x",))
         assert s.code_files() == ["__init__.py", "helper.py", "stages/__init__.py", "stages/x.py"]
         before = s.code_hash()
         (pkg / "helper.py").write_text("A = 2\n")
-        contract._file_digest.cache_clear()
+        contract._code_hash.cache_clear()
         after = s.code_hash()
         assert [f for f in before if before[f] != after[f]] == ["helper.py"]
     finally:
         contract.import_closure.cache_clear()
-        contract._file_digest.cache_clear()
+        contract._code_hash.cache_clear()
 
 
 def test_no_other_module_names_a_stages_files():
