@@ -33,7 +33,7 @@ def test_dvc_stages_declare_the_contracts_params_code_and_outputs():
         entry = stages[name]
         assert entry["params"] == [k.replace("{benchmark}", "${item.benchmark}").replace("{method}", "${item.method}")
                                    for k in s.params]
-        assert [d for d in entry["deps"] if d.startswith("src/")] == [f"src/fsood/{f}" for f in s.code_files()]
+        assert [d for d in entry["deps"] if d.startswith("src/")] == [f"src/fsood/{f}".rstrip("/") for f in s.code_files()]
         outs = [next(iter(o)) if isinstance(o, dict) else o for g in ("outs", "metrics", "plots") for o in entry.get(g, [])]
         assert len(outs) == len(s.outputs)
         assert set(entry["matrix"]) == set(s.wildcards)
@@ -73,8 +73,9 @@ def test_direct_dependents_of_the_two_reported_edits():
 
 
 def test_import_closure_follows_function_level_imports_and_leaves_out_the_harness():
+    assert "datasets/registry.py" in contract.import_closure(("fsood.stages.pretrain",))  # inside a function
     pretrain = contract.stage("pretrain").code_files()
-    assert "datasets/registry.py" in pretrain  # imported inside published_checkpoint()
+    assert "datasets/" in pretrain and contract.stage("pretrain").runs("datasets/registry.py")  # one folder
     assert "stages/pretrain.py" in pretrain and "__init__.py" in pretrain
     assert "cli.py" not in pretrain and "contract.py" not in pretrain
     assert "plots.py" not in pretrain and "scores.py" not in pretrain  # the report's and the score's code
@@ -101,6 +102,17 @@ def test_code_hash_changes_with_a_files_content(tmp_path, monkeypatch):
         contract._code_hash.cache_clear()
         after = s.code_hash()
         assert [f for f in before if before[f] != after[f]] == ["helper.py"]
+        (pkg / "datasets").mkdir()  # a whole package: one entry, whose hash follows any file in it
+        (pkg / "datasets/__init__.py").write_text("")
+        (pkg / "datasets/a.py").write_text("B = 1\n")
+        (pkg / "helper.py").write_text("from fsood.datasets import a\n")
+        contract.import_closure.cache_clear()
+        contract._code_hash.cache_clear()
+        assert s.code_files() == ["__init__.py", "datasets/", "helper.py", "stages/__init__.py", "stages/x.py"]
+        before = s.code_hash()
+        (pkg / "datasets/list.txt").write_text("x\n")
+        contract._code_hash.cache_clear()
+        assert s.code_hash()["datasets/"] != before["datasets/"]
     finally:
         contract.import_closure.cache_clear()
         contract._code_hash.cache_clear()

@@ -113,18 +113,29 @@ class Stage:
 
     # ------------------------------------------------------------------ code
     def code_files(self) -> list[str]:
-        """The fsood source files the stage runs (relative to src/fsood): the import closure of
-        ``entry``, plus the package data files it reads."""
-        return sorted(set(import_closure(self.entry)) | set(self.files))
+        """The fsood source the stage runs (relative to src/fsood): the import closure of ``entry`` plus
+        the package data files it reads, with a package of ``WHOLE_PACKAGES`` named by its folder
+        (``datasets/``) wherever the closure enters it."""
+        files = set(import_closure(self.entry)) | set(self.files)
+        whole = {f"{p}/" for p in WHOLE_PACKAGES if any(f.startswith(f"{p}/") for f in files)}
+        return sorted(whole | {f for f in files if not any(f.startswith(w) for w in whole)})
+
+    def runs(self, file: str) -> bool:
+        """Is ``file`` (relative to src/fsood) part of the stage's code, itself or inside a folder of it?"""
+        return any(file == f or (f.endswith("/") and file.startswith(f)) for f in self.code_files())
 
     def code_hash(self) -> dict[str, str]:
         """``{file: sha256[:16]}`` of the stage's code: an edit of one of them reruns the stage."""
-        return _code_hash(self.entry, self.files)
+        return _code_hash(tuple(self.code_files()))
 
 
 # The harness every stage runs through; none of it computes an output (argument parsing, logging,
 # the workspace lock, this contract), so an edit of it reruns nothing. What it reads, params.yaml and
 # the files named here, is declared stage by stage.
+# Packages whose modules import one another so tightly (``datasets/__init__`` imports every builder) that a
+# stage entering one runs it all: a stage depends on the folder, one DVC dep in place of a dozen (every
+# dep costs `dvc status` time on each of the grid's stages, benchmarks/dag_time.py).
+WHOLE_PACKAGES = ("datasets",)
 HARNESS = ("fsood.__main__", "fsood.cli", "fsood.lock", "fsood.contract", "fsood.rebuild")
 NORMALIZE = "benchmarks.{benchmark}.data.normalize"
 MODEL = "benchmarks.{benchmark}.model"
@@ -301,7 +312,7 @@ def direct_dependents(params: dict, edited: str, kind: str = "param") -> set[str
         if kind == "param":
             found = any(overlaps(key, edited) for key in s.param_keys(**cell))
         else:
-            found = edited in s.code_files()
+            found = s.runs(edited)
         if found:
             hit.add(job_name(s, **cell))
     return hit
@@ -390,7 +401,15 @@ def import_closure(entry: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _code_hash(entry: tuple[str, ...], files: tuple[str, ...]) -> dict[str, str]:
-    """Computed once a process per stage (a dry run of the paper grid asks 169 times)."""
-    return {f: hashlib.sha256((SRC / f).read_bytes()).hexdigest()[:16]
-            for f in sorted(set(import_closure(entry)) | set(files))}
+def _code_hash(names: tuple[str, ...]) -> dict[str, str]:
+    """``{file or folder/: sha256[:16]}``, once a process per stage (a dry run of the paper grid asks 169
+    times). A folder hashes each of its files' paths and bytes (``__pycache__`` aside, as .dvcignore)."""
+    out = {}
+    for name in names:
+        files = [SRC / name] if not name.endswith("/") else sorted(
+            f for f in (SRC / name).rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.relative_to(SRC).as_posix().encode() + b"\0" + f.read_bytes())
+        out[name] = digest.hexdigest()[:16]
+    return out

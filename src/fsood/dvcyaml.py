@@ -42,7 +42,7 @@ def _deps(stage: contract.Stage) -> list[str]:
         template = contract.stage(inp.stage).template(inp.output)
         paths.append(_over_folder(template, inp.over) if inp.over else template)
     paths = [p for p in dict.fromkeys(paths) if not any(p != q and p.startswith(q + "/") for q in paths)]
-    return [_dvc(p, stage.wildcards) for p in paths] + [f"src/fsood/{f}" for f in stage.code_files()]
+    return [_dvc(p, stage.wildcards) for p in paths] + [f"src/fsood/{f}".rstrip("/") for f in stage.code_files()]
 
 
 def _outputs(stage: contract.Stage) -> dict[str, list]:

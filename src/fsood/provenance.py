@@ -19,7 +19,7 @@ from pathlib import Path
 from fsood import contract
 from fsood.io import file_sha256
 
-FORMAT = 1
+FORMAT = 2  # 2: params as {dotted key: value} of the keys the cell's stages declare (fsood.contract)
 # Distributions whose versions can change a cell's numbers (None where not installed).
 LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "pillow", "pyyaml", "jsonschema")
 CELL_STAGES = ("finetune", "score")  # the stages of one cell, which `fsood rebuild` reruns
