@@ -45,7 +45,8 @@ KINDS = {
     "disk_full": "Disk that fills while writing",
     "sigkill_resume": "Job killed (SIGKILL) mid-training, then rerun",
     "concurrent_lock": "`snakemake` and `dvc repro` started together",
-    "rerun_after_dvc": "`snakemake -n` after `dvc checkout` / `dvc repro`",
+    "rerun_after_dvc": "`snakemake -n` after `dvc repro`",
+    "input_changed_outside": "An input rewritten outside Snakemake, e.g. by `dvc checkout` or by hand",
     "exact_rebuild": "Exact rebuild (`dvc repro -f`, other core counts)",
     "rebuild_cell": "Rebuild one named cell and compare",
 }
