@@ -274,10 +274,10 @@ def _fsood(ws, *args, launcher=(sys.executable, "-m"), env=None):
 
 @pytest.fixture(scope="module")
 def spawned_cell(tmp_path_factory):
-    """A tiny workspace (data and pretrain run in this process, to spare two torch imports), then
+    """A tiny workspace (data, pretrain and subspace run in this process, to spare two torch imports), then
     ``python -m fsood finetune`` with ``processes: 2``, as Snakemake and DVC start it."""
     from fsood.config import load_params
-    from fsood.stages import data, pretrain
+    from fsood.stages import data, pretrain, subspace
 
     ws = make_workspace(tmp_path_factory.mktemp("cli") / "ws", git=False)
     edit_params(ws, **{**TINY, "benchmarks.digits.finetune.processes": 2, "runtime.threads": 2})
@@ -287,6 +287,7 @@ def spawned_cell(tmp_path_factory):
         params = load_params("params.yaml")
         data.run(params, "digits")
         pretrain.run(params, "digits", 0)
+        subspace.run(params, "digits", 0)  # the basis: a declared input of finetune (fsood.contract)
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
