@@ -62,7 +62,7 @@ def test_provenance_records_versions_runtime_params_and_hashes(cell):
 
     import fsood
 
-    from fsood.config import load_params, method_params, score_params
+    from fsood.config import load_params
 
     text = (cell / CELL_DIR / "provenance.json").read_text()
     record = json.loads(text)
@@ -82,9 +82,15 @@ def test_provenance_records_versions_runtime_params_and_hashes(cell):
                                                       "torch.are_deterministic_algorithms_enabled"}
     assert record["seeds"]["cell"] == 0
     params = load_params(cell / "params.yaml")
-    assert record["params"]["method"] == method_params(params, "digits", "sep")
-    assert record["params"]["score"] == score_params(params, "digits")
-    assert record["params"]["benchmark"]["finetune"]["epochs"] == TINY["benchmarks.digits.finetune.epochs"]
+    # {dotted key: value} of every key the cell's stages declare (fsood.contract), as params.yaml holds it
+    from fsood import contract
+
+    declared = [k.format(benchmark="digits", method="sep") for name in ("finetune", "score")
+                for k in contract.stage(name).params]
+    assert sorted(record["params"]) == sorted(set(declared))
+    assert record["params"]["methods.sep"] == params["methods"]["sep"]
+    assert record["params"]["score"] == params["score"]
+    assert record["params"]["benchmarks.digits.finetune"]["epochs"] == TINY["benchmarks.digits.finetune.epochs"]
     assert record["params"]["runtime"] == params["runtime"]
     inputs = record["inputs"]
     assert {"data/digits/manifest.json", "data/digits/id_train.npz", "data/digits/outliers.npz",
@@ -156,7 +162,8 @@ def test_rebuild_refuses_changed_params_naming_the_key(cell):
     try:
         proc = fsood(cell, "rebuild", *CELL, check=False)
         assert proc.returncode == 2, proc.stdout + proc.stderr
-        assert "benchmark.finetune.lr" in proc.stderr and "--use-current-params" in proc.stderr
+        assert "differing keys: benchmarks.digits.finetune.lr." in proc.stderr  # the params.yaml key itself
+        assert "--use-current-params" in proc.stderr
         assert "rebuilt" not in proc.stdout  # refused before any work
     finally:
         (cell / "params.yaml").write_text(original)

@@ -182,7 +182,7 @@ def base(tmp_path_factory):
     bytes; the pretrain outputs' bytes."""
     ws = make_workspace(tmp_path_factory.mktemp("resume") / "ws", git=False)
     edit_params(ws, **{**TINY, **EPOCHS})
-    for args in (["data"], ["pretrain", "--seed", "0"]):
+    for args in (["data"], ["pretrain", "--seed", "0"], ["subspace", "--seed", "0"]):  # finetune reads all three
         subprocess.run([sys.executable, "-m", "fsood", *args, "--benchmark", "digits"], cwd=ws, check=True,
                        capture_output=True)
     assert _run(ws, "finetune", "--method", "sep").returncode == 0
