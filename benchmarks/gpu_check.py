@@ -8,6 +8,11 @@ On the GPU machine (a copy of the checkout plus .gpu-mirror/, no ../shared):
 
     python benchmarks/gpu_check.py --device cuda [--epoch-scale 0.1] [--cells-per-gpu 2] [--budget-s 540]
 
+The GPU machine gets 64 MiB: the two archives take 59.2 MiB, and Snakemake's wheels with the ones it
+imports that its image lacks (pulp's 16.4 MB, SQLAlchemy's 3.4 MB, pydantic-core's 2 MB, ...) would not fit
+beside them. There `--runner auto` runs the stage contract's commands (the ones Snakemake's rules run) stage
+by stage, `--cells-per-gpu` jobs at once, and says so; where Snakemake is installed it runs Snakemake.
+
 It makes a throw-away workspace (`.gpu-check/`: Snakefile, workflow, profiles, src, and params.yaml with
 the edits below), runs `snakemake --cores C --resources gpu_slots=S all` there, and writes its small outputs
 to `reports/gpu-check/` (summary.md / .json, metrics.json of every cell, nc.json, timings.json, check.txt;
@@ -28,6 +33,7 @@ is an error naming the file).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -43,6 +49,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the GPU machine has no fsood installed: the checkout's copy
 
+from fsood import contract  # noqa: E402
 from fsood.contract import GPU_SLOTS  # noqa: E402
 from fsood.datasets import registry  # noqa: E402
 from fsood.io import write_json, write_text  # noqa: E402
@@ -149,26 +156,66 @@ def make_workspace(ws: Path, params: dict) -> None:
 
 # ---------------------------------------------------------------------------- run
 
+def job_env(ws: Path, mirror: Path) -> dict:
+    return dict(os.environ, FSOOD_MIRROR=str(mirror), TQDM_DISABLE="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ws / "src"), os.environ.get("PYTHONPATH")])),
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def run_snakemake(ws: Path, args: argparse.Namespace, mirror: Path) -> float:
     """Snakemake on the workspace; returns its wall time. Past ``--budget-s`` it is stopped."""
-    env = dict(os.environ, FSOOD_MIRROR=str(mirror), TQDM_DISABLE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ws / "src"), os.environ.get("PYTHONPATH")])),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    # one GPU: GPU_SLOTS slots; each job takes GPU_SLOTS // cells_per_gpu of them (fsood.contract.gpu_slots)
-    # the target first: --resources and --quiet take every word after them
+    # one GPU: GPU_SLOTS slots; each job takes GPU_SLOTS // cells_per_gpu of them (fsood.contract.gpu_slots).
+    # The target first: --resources and --quiet take every word after them.
     cmd = [sys.executable, "-m", "snakemake", "all", "--cores", str(args.cores), "--resources", f"gpu_slots={GPU_SLOTS}",
            "--quiet", "rules"]
     print("$ " + " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ws, env=env, timeout=args.budget_s, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=ws, env=job_env(ws, mirror), timeout=args.budget_s, capture_output=True,
+                              text=True)
     except subprocess.TimeoutExpired:
         raise CheckError(f"snakemake ran past --budget-s {args.budget_s}: lower --epoch-scale") from None
-    wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise CheckError(f"snakemake failed (exit {proc.returncode}); logs in {ws / 'logs'}")
-    return wall
+    return time.perf_counter() - start
+
+
+def direct_plan(params: dict) -> list[list[tuple[str, str]]]:
+    """The contract's jobs (the commands Snakemake's rules run), one list a stage in stage order:
+    (log file, command). A stage's jobs only read earlier stages' outputs."""
+    waves: dict[str, list] = {}
+    for stage_, cell in contract.jobs(params):
+        waves.setdefault(stage_.name, []).append((stage_.log(**cell), stage_.command(**cell)))
+    return list(waves.values())
+
+
+def run_direct(ws: Path, args: argparse.Namespace, mirror: Path, params: dict) -> float:
+    """Without Snakemake (the GPU machine cannot carry it beside the archives: README): the same commands,
+    stage by stage, ``--cells-per-gpu`` jobs of a stage at once. Returns the wall time."""
+    why = "snakemake is not installed" if not has_snakemake() else "--runner direct"
+    print(f"{why}: running the contract's commands directly, {args.cells_per_gpu} at once", flush=True)
+    start, env = time.perf_counter(), job_env(ws, mirror)
+    for wave in direct_plan(params):
+        for i in range(0, len(wave), args.cells_per_gpu):
+            batch = wave[i:i + args.cells_per_gpu]
+            for log, _ in batch:
+                (ws / log).parent.mkdir(parents=True, exist_ok=True)
+            procs = [(cmd, subprocess.Popen(cmd, shell=True, cwd=ws, env=env)) for _, cmd in batch]
+            left = args.budget_s - (time.perf_counter() - start)
+            for cmd, proc in procs:
+                try:
+                    code = proc.wait(timeout=max(1.0, left))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    raise CheckError(f"ran past --budget-s {args.budget_s}: lower --epoch-scale") from None
+                if code:
+                    raise CheckError(f"`{cmd}` failed (exit {code}); logs in {ws / 'logs'}")
+    return time.perf_counter() - start
+
+
+def has_snakemake() -> bool:
+    return importlib.util.find_spec("snakemake") is not None
 
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
@@ -194,7 +241,7 @@ def timings(ws: Path, wall: float, sched: dict, args: argparse.Namespace) -> dic
         per_epoch["finetune"] = max(fine) / sched["finetune"]
     full = (per_epoch.get("pretrain", 0) * FULL["pretrain"] + per_epoch.get("finetune", 0) * FULL["finetune"])
     return {"wall_s": round(wall, 1), "epoch_scale": args.epoch_scale, "schedule": sched,
-            "cells_per_gpu": args.cells_per_gpu, "device": args.device, "precision": args.precision,
+            "cells_per_gpu": args.cells_per_gpu, "runner": args.runner, "device": args.device, "precision": args.precision,
             "model": f"WRN-{args.depth}-{args.widen}", "cap": args.cap, "jobs_s": jobs,
             "seconds_per_epoch": {k: round(v, 2) for k, v in per_epoch.items()},
             # pretraining then the slowest fine-tuning cell (the others run beside it)
@@ -220,16 +267,20 @@ def collect(ws: Path, out: Path, timing: dict, header: list[str]) -> str:
 
 
 def report_lines(metrics: dict, nc: dict, timing: dict) -> list[str]:
-    main = next(iter(metrics.values())).get("main", "fs")
+    """ID accuracy, NC1, and FPR95 / AUROC (mean over the OOD sets) in the paper's pairing (baselines
+    with MSP, the paper's method with Eq. 6's `fs`; Appendix A.8), and `fs` for every method."""
     lines = [f"NC1 of the pretrained model (ID train features): {nc['nc1']:.4f}",
-             f"| method | ID accuracy | FPR95 ({main}, mean over OOD sets) | AUROC ({main}) |", "|---|---:|---:|---:|"]
+             "| method | ID accuracy | score | FPR95 | AUROC | fs FPR95 | fs AUROC |", "|---|---:|---|---:|---:|---:|---:|"]
     for method, m in metrics.items():
-        mean = m["scores"][main]["mean"]
-        lines.append(f"| {method} | {100 * m['id_accuracy']:.2f} | {mean['fpr95']:.2f} | {mean['auroc']:.2f} |")
-    lines.append(f"wall time (snakemake, all jobs): {timing['wall_s']:.1f} s")
+        paired = "fs" if method == "sep" else "msp"
+        pair, fs = m["scores"][paired]["mean"], m["scores"]["fs"]["mean"]
+        lines.append(f"| {method} | {m['id_accuracy']:.2f} | {paired} | {pair['fpr95']:.2f} | {pair['auroc']:.2f} | "
+                     f"{fs['fpr95']:.2f} | {fs['auroc']:.2f} |")
+    lines.append(f"wall time ({timing['runner']}, all jobs): {timing['wall_s']:.1f} s")
     if timing["full_schedule_estimate_s"]:
         lines.append(f"the full schedule (pretraining 100 epochs, fine-tuning 50) would take about "
-                     f"{timing['full_schedule_estimate_s'] / 60:.1f} min of training at these speeds")
+                     f"{timing['full_schedule_estimate_s'] / 60:.1f} min of training at these speeds (this data "
+                     f"size and model)")
     return lines
 
 
@@ -262,6 +313,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="runtime.threads of each job")
     p.add_argument("--budget-s", type=float, default=540, help="stop snakemake after this many seconds")
     p.add_argument("--cap", type=int, default=None, help="(tests) at most this many images in each set")
+    p.add_argument("--runner", choices=["auto", "snakemake", "direct"], default="auto",
+                   help="auto: snakemake where it is installed, else the contract's commands directly")
     p.add_argument("--depth", type=int, default=40)
     p.add_argument("--widen", type=int, default=2)
     return p.parse_args(argv)
@@ -282,7 +335,12 @@ def main(argv=None) -> None:
     print("\n".join(header), flush=True)
     params = check_params(yaml.safe_load((ROOT / "params.yaml").read_text()), args, mirror)
     make_workspace(args.workspace, params)
-    wall = run_snakemake(args.workspace, args, mirror)
+    if args.runner == "auto":
+        args.runner = "snakemake" if has_snakemake() else "direct"
+    if args.runner == "direct":
+        wall = run_direct(args.workspace, args, mirror, params)
+    else:
+        wall = run_snakemake(args.workspace, args, mirror)
     print(collect(args.workspace, args.out, timings(args.workspace, wall, sched, args), header), flush=True)
 
 

@@ -77,6 +77,24 @@ def test_cells_per_gpu_sets_the_gpu_slots_snakemake_schedules_by(tmp_path):
     assert slots == {"none": "0", "oe": "6", "sep": "6"}
 
 
+def test_direct_runner_runs_the_commands_snakemake_runs(tmp_path):
+    """Without Snakemake (the GPU machine) the check runs the contract's commands stage by stage: the
+    very commands of Snakemake's dry run, each stage after the ones it reads."""
+    params = gpu_check.check_params(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                                    gpu_check.parse_args(TINY), tmp_path)
+    ws = tmp_path / "ws"
+    gpu_check.make_workspace(ws, params)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "all", "-n", "--cores", "2"], cwd=ws,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    planned = [cmd for wave in gpu_check.direct_plan(params) for _, cmd in wave]
+    shell = "Shell command: "
+    assert sorted(planned) == sorted(line.split(shell, 1)[1].strip() for line in proc.stdout.splitlines()
+                                     if shell in line and "python -m fsood" in line)
+    stages = [cmd.split()[3] for cmd in planned]
+    assert stages == sorted(stages, key=list(contract.STAGES).index) and len(planned) == 1 + 1 + 1 + 3 + 3 + 1
+
+
 @pytest.mark.slow
 def test_the_check_runs_through_snakemake_at_tiny_size(tmp_path):
     mirror = require_mirror()
