@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import math
 import os
+import queue
 import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # train()'s progress bar would clutter the table
@@ -203,14 +204,10 @@ def run_fsood(model: torch.nn.Module, id_x, id_y, out_x, seed: int, device: torc
 
 
 def _concurrent_cell(args, threads: int, barrier, results) -> None:
-    """One of N concurrent processes: its own model and data (seed + rank), then one timed epoch."""
+    """One of N concurrent processes: its own model and data (the same seed), then one timed epoch."""
     torch.set_num_threads(threads)
     RUNTIME["threads"] = threads
     device = torch.device(args.device)
-    if args.concurrent:
-        print_concurrent(args)
-        if args.only_concurrent:
-            return
     id_x, id_y, out_x = synthetic_data(args.seed, args.steps)
     torch.manual_seed(args.seed)
     model = WideResNet(3, 10, args.depth, args.widen, args.dropout)
@@ -226,11 +223,17 @@ def concurrent_throughput(args, n: int) -> tuple[int, float]:
     procs = [ctx.Process(target=_concurrent_cell, args=(args, threads, barrier, results)) for _ in range(n)]
     for p in procs:
         p.start()
-    done = [results.get() for _ in procs]
+    done = []
+    while len(done) < n:  # a process that dies before reporting must not leave this waiting forever
+        try:
+            done.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise SystemExit("a concurrent process failed (its traceback is above)") from None
     for p in procs:
         p.join()
-        if p.exitcode:
-            raise SystemExit(f"a concurrent process failed (exit {p.exitcode})")
     images = sum(k for k, _ in done)
     return images, max(end for _, (_, end) in done) - min(start for _, (start, _) in done)
 
