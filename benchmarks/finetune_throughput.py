@@ -25,6 +25,13 @@ read after ``torch.cuda.synchronize()``. ``--precision fp32 bf16`` times every p
 precision (bf16: autocast, fsood through ``runtime.precision``); the original code is fp32,
 so ratios are to the fp32 baseline with ``--workers`` workers. The "deterministic" fsood row
 is fsood as its pipeline runs on CUDA with ``runtime.deterministic: true``.
+
+``--concurrent 1 2 4``: N processes run fsood's fine-tuning epoch at once on the same device (N cells of
+a grid sharing it, as ``resources.cells_per_gpu`` lets Snakemake do); each builds its own model and data,
+waits at a barrier, then trains. Aggregate images/s = all images / (last end - first start). On the CPU
+each process gets ``max(1, threads // N)`` threads (the cores are shared); on CUDA ``--threads`` each.
+``--compile`` also times fsood's path with ``torch.compile`` (the compile time is excluded: it happens in
+the warm-up step; reported on its own line).
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ import argparse
 import contextlib
 import math
 import os
+import queue
 import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # train()'s progress bar would clutter the table
@@ -172,17 +180,71 @@ def fsood_data_path(id_x: np.ndarray, out_x: np.ndarray, steps: int, seed: int, 
 
 
 def run_fsood(model: torch.nn.Module, id_x, id_y, out_x, seed: int, device: torch.device = CPU,
-              precision: str = "fp32") -> tuple[int, float]:
+              precision: str = "fp32", compile_model: bool = False, barrier=None) -> tuple[int, float]:
+    """fsood's epoch after a warm-up step; with ``barrier`` (concurrent runs), the timed epoch starts when
+    every process is ready and the wall-clock start and end are returned instead of a duration."""
     runtime = dict(RUNTIME, device=device.type, precision=precision)
     model = prepare_model(model, runtime, device)
+    net = torch.compile(model) if compile_model else model  # shares model's parameters
     objective = make_objective("sep", SEP, 0, lambda: model.fc.weight)  # stage2_epoch=0: L_clu, L_sep on
-    fit = lambda x, y, o: train(model, x, y, finetune_cfg(), runtime, device, NORM, objective, seed, outlier_x=o)
-    fit(id_x[:BS_IN], id_y[:BS_IN], out_x[:BS_OUT])  # warm-up step
+    fit = lambda x, y, o: train(net, x, y, finetune_cfg(), runtime, device, NORM, objective, seed, outlier_x=o)
+    warm = time.perf_counter()
+    fit(id_x[:BS_IN], id_y[:BS_IN], out_x[:BS_OUT])  # warm-up step (and the compilation)
     sync(device)
-    start = time.perf_counter()
+    if compile_model:
+        print(f"torch.compile warm-up step: {time.perf_counter() - warm:.1f} s", flush=True)
+    if barrier is not None:
+        barrier.wait()
+    start, wall_start = time.perf_counter(), time.time()
     fit(id_x, id_y, out_x)
     sync(device)
+    if barrier is not None:
+        return len(id_x) + len(out_x), (wall_start, time.time())
     return len(id_x) + len(out_x), time.perf_counter() - start
+
+
+def _concurrent_cell(args, threads: int, barrier, results) -> None:
+    """One of N concurrent processes: its own model and data (the same seed), then one timed epoch."""
+    torch.set_num_threads(threads)
+    RUNTIME["threads"] = threads
+    device = torch.device(args.device)
+    id_x, id_y, out_x = synthetic_data(args.seed, args.steps)
+    torch.manual_seed(args.seed)
+    model = WideResNet(3, 10, args.depth, args.widen, args.dropout)
+    results.put(run_fsood(model, id_x, id_y, out_x, args.seed, device, args.concurrent_precision,
+                          args.compile, barrier))
+
+
+def concurrent_throughput(args, n: int) -> tuple[int, float]:
+    """Images and wall seconds of ``n`` processes each training one epoch at once."""
+    ctx = torch.multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    threads = args.threads if args.device == "cuda" else max(1, args.threads // n)
+    procs = [ctx.Process(target=_concurrent_cell, args=(args, threads, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    done = []
+    while len(done) < n:  # a process that dies before reporting must not leave this waiting forever
+        try:
+            done.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise SystemExit("a concurrent process failed (its traceback is above)") from None
+    for p in procs:
+        p.join()
+    images = sum(k for k, _ in done)
+    return images, max(end for _, (_, end) in done) - min(start for _, (start, _) in done)
+
+
+def synthetic_data(seed: int, steps: int):
+    """Seeded uint8 CIFAR-shaped ID images, labels and outliers for ``steps`` steps."""
+    rng = np.random.default_rng(seed)
+    id_x = rng.integers(0, 256, (BS_IN * steps, 3, 32, 32), dtype=np.uint8)
+    id_y = rng.integers(0, 10, len(id_x)).astype(np.int64)
+    out_x = rng.integers(0, 256, (BS_OUT * steps, 3, 32, 32), dtype=np.uint8)
+    return id_x, id_y, out_x
 
 
 @contextlib.contextmanager
@@ -206,6 +268,19 @@ def timed(fn, *args, device: torch.device = CPU) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
+def print_concurrent(args) -> None:
+    """The aggregate throughput of N concurrent fine-tuning processes, for each N of ``--concurrent``."""
+    rows = [(n, *concurrent_throughput(args, n)) for n in args.concurrent]
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu: {cpu_model()}, {os.cpu_count()} cores"
+    print(f"\nconcurrent cells: WRN-{args.depth}-{args.widen} (dropout {args.dropout}), {args.concurrent_precision}"
+          f"{', torch.compile' if args.compile else ''}, {args.steps} steps each, {where}, threads {args.threads} "
+          f"{'each' if args.device == 'cuda' else 'shared'}\n")
+    print("| processes at once | aggregate images/s | per process | seconds |\n|---:|---:|---:|---:|")
+    for n, images, secs in rows:
+        print(f"| {n} | {images / secs:.1f} | {images / secs / n:.1f} | {secs:.2f} |", flush=True)
+    print()
+
+
 def cpu_model() -> str:
     with open("/proc/cpuinfo") as f:
         return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
@@ -225,6 +300,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], nargs="+", default=["fp32"],
                         help="time every path in each of these (the reference baseline row is always fp32)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concurrent", type=int, nargs="*", default=[],
+                        help="also time N processes training at once on the device, for each N given (e.g. 1 2 4)")
+    parser.add_argument("--concurrent-precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--compile", action="store_true", help="also time fsood's path with torch.compile")
+    parser.add_argument("--only-concurrent", action="store_true", help="skip the fsood / baseline rows")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -237,10 +317,11 @@ def main() -> None:
     precisions = list(dict.fromkeys(["fp32", *args.precision]))  # fp32 first: the reference
     load_before = os.getloadavg()  # other jobs on the machine skew the figures: report the load
 
-    rng = np.random.default_rng(args.seed)
-    id_x = rng.integers(0, 256, (BS_IN * args.steps, 3, 32, 32), dtype=np.uint8)
-    id_y = rng.integers(0, 10, len(id_x)).astype(np.int64)
-    out_x = rng.integers(0, 256, (BS_OUT * args.steps, 3, 32, 32), dtype=np.uint8)
+    if args.concurrent:
+        print_concurrent(args)
+        if args.only_concurrent:
+            return
+    id_x, id_y, out_x = synthetic_data(args.seed, args.steps)
     # the original keeps CIFAR as HWC uint8 (PIL's layout); converting once is not timed
     id_hwc, out_hwc = id_x.transpose(0, 2, 3, 1).copy(), out_x.transpose(0, 2, 3, 1).copy()
 
@@ -262,6 +343,9 @@ def main() -> None:
 
     for p in precisions:
         add(f"fsood train step ({p})", "train", p, *run_fsood(build(), id_x, id_y, out_x, args.seed, device, p))
+        if args.compile:
+            add(f"fsood train step ({p}, torch.compile)", "train", p,
+                *run_fsood(build(), id_x, id_y, out_x, args.seed, device, p, compile_model=True))
     if device.type == "cuda":
         with deterministic_cuda():
             try:

@@ -61,7 +61,21 @@ class Resources:
     threads: int | str = 1  # a number, or "runtime.threads"
     mem_mb: int = 2000
     runtime: int = 60  # minutes
-    gpu: bool = False  # one GPU a process when runtime.device is cuda or auto
+    gpu: bool = False  # one GPU a process when runtime.device is cuda or auto (and gpu_slots, below)
+
+
+# Snakemake's resources are integers: a GPU is GPU_SLOTS `gpu_slots`, and a GPU job of a benchmark with
+# `resources.cells_per_gpu: N` takes GPU_SLOTS // N of them a process, so that
+# `snakemake --resources gpu_slots=12` runs N such jobs at once on one GPU (README, "Several cells on one GPU").
+GPU_SLOTS = 12
+
+
+def gpu_slots(cells_per_gpu: int) -> int:
+    """``gpu_slots`` one process of a GPU job takes when ``cells_per_gpu`` jobs share a GPU."""
+    if not isinstance(cells_per_gpu, int) or cells_per_gpu < 1 or GPU_SLOTS % cells_per_gpu:
+        divisors = [n for n in range(1, GPU_SLOTS + 1) if GPU_SLOTS % n == 0]
+        raise ValueError(f"resources.cells_per_gpu: {cells_per_gpu!r} is not one of {divisors}")
+    return GPU_SLOTS // cells_per_gpu
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,9 @@ def stage_resources(stage):
         n = (lambda w: processes(w.benchmark)) if stage.name == "finetune" else (lambda w: 1)
         none = (lambda w: w.get("method") == "none") if stage.name == "finetune" else (lambda w: False)
         out["gpu"] = lambda wildcards: 0 if none(wildcards) else GPU * n(wildcards)
+        # cells_per_gpu jobs share one GPU: `--resources gpu_slots=12` (contract.GPU_SLOTS) is one GPU
+        share = lambda w: contract.gpu_slots(config["benchmarks"][w.benchmark].get("resources", {}).get("cells_per_gpu", 1))
+        out["gpu_slots"] = lambda wildcards: 0 if none(wildcards) else GPU * n(wildcards) * share(wildcards)
     return out
 
 
