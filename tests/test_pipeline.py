@@ -107,12 +107,14 @@ def test_snakemake_realigns_after_dvc_changed_results(finished):
 
 
 def test_dvc_plots_show_renders_every_methods_roc_curve(finished):
-    out = json.loads(sh(finished, "dvc", "plots", "show", "--json").stdout)
+    out = json.loads(sh(finished, "dvc", "plots", "show", "--json").stdout)["data"]
     for method in TINY["grid.methods"]:
         path = f"results/digits/{method}/seed0/roc.csv"
         assert path in out, sorted(out)
-        points = out[path][0]["content"]["data"]["values"]  # vega-lite spec with the data inlined
+        spec = out[path][0]["content"]  # a vega-lite spec with the data inlined
+        points = spec["data"]["values"]
         assert 2 <= len(points) <= 200 and {"fpr", "tpr"} <= set(points[0])
+        assert float(points[0]["tpr"]) == 0 and float(points[-1]["tpr"]) == 1
     sh(finished, "dvc", "plots", "show", "-o", "plots_html")
     html = (finished / "plots_html" / "index.html").read_text()
     assert all(f"results/digits/{m}/seed0/roc.csv" in html for m in TINY["grid.methods"])

@@ -373,3 +373,20 @@ def test_pairing_with_an_unscored_score_is_refused():
     params["score"]["pairing"]["methods"]["sep"] = "knn"  # a valid score, but not in score.scores
     with pytest.raises(Exception, match=r"score.pairing pairs method 'sep' with score 'knn', which is not in score.scores"):
         validate_params(params, "test params")
+
+
+def test_the_default_grid_has_few_default_metric_columns():
+    """`dvc exp show` / `dvc metrics diff` print every leaf of the `kind="metrics"` outputs: for the default
+    grid that is headline.json alone, a few dozen columns at most, not every score x set x cell."""
+    from fsood.stages.report import headline_json
+
+    declared = [(s.name, k) for s in contract.STAGES.values() for k, o in s.outputs.items() if o.kind == "metrics"]
+    assert declared == [("report", "headline")]
+    params = validate_params(yaml.safe_load((ROOT / "params.yaml").read_text()), "params.yaml")
+    grid, sets = params["grid"], params["benchmarks"]["digits"]["data"]["ood_sets"]
+    cell = {"scores": {s: {"mean": {"fpr95": 50.0, "auroc": 90.0}} for s in params["score"]["scores"]},
+            "id_accuracy": 99.0, "separation": {n: {"cos_to_span": 0.5} for n in ["id_test", *sets]}}
+    metrics = {(m, s): cell for m in grid["methods"] for s in grid["seeds"]}
+    data = headline_json(metrics, {s: {"nc1": 0.1} for s in grid["seeds"]}, params, "digits")
+    leaves = [v for method in grid["methods"] for entry in data[method].values() for v in entry.values()]
+    assert len(leaves) + 1 == 1 + 7 * len(grid["methods"]) <= 30  # + nc1_pretrained

@@ -182,7 +182,7 @@ def roc_csv(cache: dict, score_cfg: dict, method: str, ood_sets: list[str]) -> s
     det = fitted_detector(score, score_cfg, cache)
     ood = np.concatenate([det.score_set(cache, name) for name in ood_sets])
     points = roc_points(det.score_set(cache, "id_test"), ood, ROC_POINTS)
-    rows = [f"{f:.6f},{t:.6f},{h:.6g}" for f, t, h in zip(points["fpr"], points["tpr"], points["threshold"])]
+    rows = [f"{f:.6f},{t:.6f},{h:.9g}" for f, t, h in zip(points["fpr"], points["tpr"], points["threshold"])]
     return "\n".join(["fpr,tpr,threshold", *rows]) + "\n"
 
 
