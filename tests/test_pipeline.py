@@ -136,7 +136,7 @@ def test_a_sweep_shows_its_headline_difference_in_exp_show(finished):
         sh(ws, "dvc", "exp", "run", "-n", f"beta{beta}", "-S", f"methods.sep.beta={beta}")
     rows = json.loads(sh(ws, "dvc", "exp", "show", "--json").stdout)
     exps = {e["name"]: e["data"] for row in rows for e in [row, *[x["revs"][0] for x in row.get("experiments") or []]]
-            if e.get("name", "").startswith("beta")}
+            if (e.get("name") or "").startswith("beta")}
     assert set(exps) == {"beta0.25", "beta4.0"}, rows
     headline = {n: d["metrics"]["reports/digits/headline.json"]["data"] for n, d in exps.items()}
     assert all(list(d["metrics"]) == ["reports/digits/headline.json"] for d in exps.values())
