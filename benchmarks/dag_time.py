@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import edit_params, git_init, make_workspace  # noqa: E402
+from _workspace import edit_params, git_init, make_workspace  # noqa: E402
 
 PAPER_GRID = {
     "grid.benchmarks": ["cifar10", "cifar100", "imagenet"],

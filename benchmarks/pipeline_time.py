@@ -25,8 +25,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import edit_params, make_workspace, mirror_dir  # noqa: E402
+from _workspace import edit_params, make_workspace, mirror_dir  # noqa: E402
 
 TARGET_S = {"digits": 180, "cifar10-mini": 3600}
 

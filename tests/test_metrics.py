@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from fsood import metrics as M
 from fsood.metrics import auroc, average_precision, describe_convention, fpr_at_tpr, ood_metrics
 
 
@@ -233,3 +234,20 @@ def test_unknown_convention_raises():
 def test_describe_convention():
     assert describe_convention("id_positive")["positive"] == "id"
     assert describe_convention("ood_positive")["positive"] == "ood"
+
+
+def test_roc_points_thin_the_curve_and_keep_its_meaning():
+    rng = np.random.default_rng(3)
+    id_s, ood_s = rng.normal(1.0, 1.0, 3000), rng.normal(0.0, 1.0, 2000)
+    pts = M.roc_points(id_s, ood_s, max_points=150)
+    assert len(pts["fpr"]) == 150 and (pts["fpr"][0], pts["tpr"][0]) == (0.0, 0.0)
+    assert (pts["fpr"][-1], pts["tpr"][-1]) == (1.0, 1.0)
+    assert (np.diff(pts["fpr"]) >= 0).all() and (np.diff(pts["tpr"]) >= 0).all() and (np.diff(pts["threshold"]) < 0).all()
+    for i in (0, 40, 149):  # each point is the rate of scores >= its threshold
+        assert (id_s >= pts["threshold"][i]).mean() == pytest.approx(pts["tpr"][i])
+        assert (ood_s >= pts["threshold"][i]).mean() == pytest.approx(pts["fpr"][i])
+    assert np.trapezoid(pts["tpr"], pts["fpr"]) == pytest.approx(M.auroc(id_s, ood_s), abs=2e-3)
+    small = M.roc_points([3.0, 2.0], [1.0], max_points=150)  # fewer distinct scores than points: all kept
+    assert small["tpr"].tolist() == [0.0, 0.5, 1.0, 1.0] and small["fpr"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="max_points"):
+        M.roc_points(id_s, ood_s, max_points=1)

@@ -64,10 +64,15 @@ def test_dvc_records_the_snakemake_run_then_follows_a_param_change(finished):
     assert "Running stage 'finetune@digits-sep-0'" in repro
     assert "Running stage 'pretrain@digits-0'" not in repro  # untouched params: not rerun
     diff = json.loads(sh(ws, "dvc", "metrics", "diff", "--json").stdout)
-    sep = diff["results/digits/sep/seed0/metrics.json"]
-    changed = [k for k, v in sep.items() if v.get("diff")]
-    assert any(k.startswith("scores.fs.") for k in changed), sorted(sep)[:10]
-    assert "results/digits/none/seed0/metrics.json" not in diff  # the pretrained model did not move
+    assert list(diff) == ["reports/digits/headline.json"], list(diff)  # the default metrics: the headline only
+    changed = [k for k, v in diff["reports/digits/headline.json"].items() if v.get("diff")]
+    assert any(k.startswith("sep.fs.") for k in changed), changed
+    assert not any(k.startswith("none.") for k in changed)  # the pretrained model did not move
+    cells = [f"results/digits/{m}/seed0/metrics.json" for m in ("sep", "none")]
+    by_path = json.loads(sh(ws, "dvc", "metrics", "diff", "--json", "--targets", *cells).stdout)
+    changed = [k for k, v in by_path.get(cells[0], {}).items() if v.get("diff")]
+    assert any(k.startswith("scores.fs.") for k in changed), sorted(by_path)  # the full cell, asked for by path
+    assert cells[1] not in by_path
     assert "up to date" in sh(ws, "dvc", "status").stdout
 
 
@@ -99,3 +104,47 @@ def test_snakemake_realigns_after_dvc_changed_results(finished):
     dry = sh(finished, sys.executable, "-m", "snakemake", "-n", "--cores", "1", "all").stdout
     assert "Nothing to be done" in dry, dry[-2000:]
     assert "up to date" in sh(finished, "dvc", "status").stdout
+
+
+def test_dvc_plots_show_renders_every_methods_roc_curve(finished):
+    out = json.loads(sh(finished, "dvc", "plots", "show", "--json").stdout)["data"]
+    for method in TINY["grid.methods"]:
+        path = f"results/digits/{method}/seed0/roc.csv"
+        assert path in out, sorted(out)
+        spec = out[path][0]["content"]  # a vega-lite spec with the data inlined
+        points = spec["data"]["values"]
+        assert 2 <= len(points) <= 200 and {"fpr", "tpr"} <= set(points[0])
+        assert float(points[0]["tpr"]) == 0 and float(points[-1]["tpr"]) == 1
+    sh(finished, "dvc", "plots", "show", "-o", "plots_html")
+    html = (finished / "plots_html" / "index.html").read_text()
+    assert all(f"results/digits/{m}/seed0/roc.csv" in html for m in TINY["grid.methods"])
+
+
+def _metric_columns(node, prefix="") -> list[str]:
+    if isinstance(node, dict):
+        return [c for k, v in node.items() for c in _metric_columns(v, f"{prefix}{k}.")]
+    return [prefix[:-1]]
+
+
+def test_a_sweep_shows_its_headline_difference_in_exp_show(finished):
+    """Two `dvc exp run -S` experiments (the last test of the module: it leaves the workspace on one)."""
+    ws = finished
+    sh(ws, "dvc", "commit", "-f", "-q")
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "before the sweep")
+    for beta in ("0.25", "4.0"):
+        sh(ws, "dvc", "exp", "run", "-n", f"beta{beta}", "-S", f"methods.sep.beta={beta}")
+    rows = json.loads(sh(ws, "dvc", "exp", "show", "--json").stdout)
+    exps = {e["name"]: e["data"] for row in rows for e in [row, *[x["revs"][0] for x in row.get("experiments") or []]]
+            if (e.get("name") or "").startswith("beta")}
+    assert set(exps) == {"beta0.25", "beta4.0"}, rows
+    headline = {n: d["metrics"]["reports/digits/headline.json"]["data"] for n, d in exps.items()}
+    assert all(list(d["metrics"]) == ["reports/digits/headline.json"] for d in exps.values())
+    columns = _metric_columns(headline["beta0.25"])
+    assert 1 + 7 * len(TINY["grid.methods"]) == len(columns) <= 30  # fits a terminal, not 2,008 columns
+    low, high = (headline[n] for n in ("beta0.25", "beta4.0"))
+    assert low["oe"] == high["oe"] and low["none"] == high["none"]  # untouched by methods.sep
+    assert low["sep"]["fs"] != high["sep"]["fs"]
+    diff = sh(ws, "dvc", "metrics", "diff", "HEAD").stdout  # the workspace (beta 4.0) against the commit
+    rows = [line for line in diff.splitlines() if line.startswith("reports/")]
+    assert rows and all(" sep.fs." in r for r in rows), diff  # a short table: sep's changed numbers only

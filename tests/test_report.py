@@ -325,3 +325,68 @@ def test_malformed_published_numbers_stop_the_report_before_writing(tmp_path, mo
         report.run(params, "digits")
     out = contract.out("report", "nc", benchmark="digits").parent
     assert not out.exists() or not any(out.iterdir())
+
+
+def _headline_expected(reported, method: str, score: str) -> dict:
+    cells = [reported["metrics"][method, s] for s in SEEDS]
+    cos = lambda c, name: c["separation"][name]["cos_to_span"]  # noqa: E731
+    return {"fpr95": _values(reported, method, score, "mean", "fpr95"),
+            "auroc": _values(reported, method, score, "mean", "auroc"),
+            "id_acc": np.array([c["id_accuracy"] for c in cells]),
+            "cos_span_id": np.array([cos(c, "id_test") for c in cells]),
+            "cos_span_ood": np.array([np.mean([cos(c, o) for o in OOD_SETS]) for c in cells])}
+
+
+def test_headline_holds_each_methods_paired_numbers(reported):
+    path = reported["files"]["headline"]
+    data = json.loads(path.read_text())
+    assert path.stat().st_size < 1500  # a dozen numbers, not every score x set
+    assert set(data) == {"nc1_pretrained", *METHODS}  # not the stale energy_oe cell
+    assert set(data["oe"]) == {"msp"} and set(data["sep"]) == {"fs"}  # the paper's pairing (A.8)
+    for method, score in (("oe", "msp"), ("sep", "fs")):
+        entry, expected = data[method][score], _headline_expected(reported, method, score)
+        assert set(entry) == {"fpr95", "fpr95_std", "auroc", "auroc_std", "id_acc", "cos_span_id", "cos_span_ood"}
+        for key, values in expected.items():
+            assert entry[key] == pytest.approx(values.mean(), abs=1e-4), key
+        for key in ("fpr95", "auroc"):
+            assert entry[f"{key}_std"] == pytest.approx(expected[key].std(ddof=1), abs=1e-4)
+    nc1 = [json.loads((reported["root"] / contract.out("subspace", "nc", benchmark="digits", seed=s)).read_text())["nc1"]
+           for s in SEEDS]
+    assert data["nc1_pretrained"] == pytest.approx(np.mean(nc1), abs=1e-4)
+
+
+def test_headline_follows_the_configured_pairing(reported):
+    from fsood.stages.report import headline_json
+
+    params = copy.deepcopy(reported["params"])
+    params["score"]["pairing"] = {"default": "energy", "methods": {"oe": "maxlogit"}}
+    nc_train = {s: {"nc1": 1.0 + s} for s in SEEDS}
+    data = headline_json(reported["metrics"], nc_train, params, "digits")
+    assert set(data["oe"]) == {"maxlogit"} and set(data["sep"]) == {"energy"}
+    assert data["sep"]["energy"]["auroc"] == pytest.approx(_values(reported, "sep", "energy", "mean", "auroc").mean(),
+                                                           abs=1e-4)
+    assert data["nc1_pretrained"] == pytest.approx(1.5)
+
+
+def test_pairing_with_an_unscored_score_is_refused():
+    params = make_params()
+    params["score"]["pairing"]["methods"]["sep"] = "knn"  # a valid score, but not in score.scores
+    with pytest.raises(Exception, match=r"score.pairing pairs method 'sep' with score 'knn', which is not in score.scores"):
+        validate_params(params, "test params")
+
+
+def test_the_default_grid_has_few_default_metric_columns():
+    """`dvc exp show` / `dvc metrics diff` print every leaf of the `kind="metrics"` outputs: for the default
+    grid that is headline.json alone, a few dozen columns at most, not every score x set x cell."""
+    from fsood.stages.report import headline_json
+
+    declared = [(s.name, k) for s in contract.STAGES.values() for k, o in s.outputs.items() if o.kind == "metrics"]
+    assert declared == [("report", "headline")]
+    params = validate_params(yaml.safe_load((ROOT / "params.yaml").read_text()), "params.yaml")
+    grid, sets = params["grid"], params["benchmarks"]["digits"]["data"]["ood_sets"]
+    cell = {"scores": {s: {"mean": {"fpr95": 50.0, "auroc": 90.0}} for s in params["score"]["scores"]},
+            "id_accuracy": 99.0, "separation": {n: {"cos_to_span": 0.5} for n in ["id_test", *sets]}}
+    metrics = {(m, s): cell for m in grid["methods"] for s in grid["seeds"]}
+    data = headline_json(metrics, {s: {"nc1": 0.1} for s in grid["seeds"]}, params, "digits")
+    leaves = [v for method in grid["methods"] for entry in data[method].values() for v in entry.values()]
+    assert len(leaves) + 1 == 1 + 7 * len(grid["methods"]) <= 30  # + nc1_pretrained

@@ -190,6 +190,7 @@ def _check_cross_fields(params: dict, source: str) -> None:
         problems.append(
             f"score.main={params['score']['main']!r} is not in score.scores {params['score']['scores']}"
         )
+    problems += _check_pairing(params["score"], grid["methods"])
     if params["report"]["projection_seed"] not in grid["seeds"]:
         problems.append(
             f"report.projection_seed={params['report']['projection_seed']} is not in grid.seeds {grid['seeds']}"
@@ -206,6 +207,14 @@ def _check_cross_fields(params: dict, source: str) -> None:
                                     f"at {_where(err) if err.absolute_path else '(top level)'}: {err.message}")
     if problems:
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _check_pairing(score: dict, methods: list[str]) -> list[str]:
+    """Every grid method's paired score (score.pairing) must be scored: the headline metrics report it."""
+    pairing = score.get("pairing", {})
+    paired = {m: pairing.get("methods", {}).get(m, pairing.get("default")) for m in methods}
+    return [f"score.pairing pairs method {m!r} with score {s!r}, which is not in score.scores {score['scores']}"
+            for m, s in paired.items() if s is not None and s not in score["scores"]]
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -32,7 +32,9 @@ GRID_KEYS = {"benchmark": "benchmarks", "method": "methods", "seed": "seeds"}  #
 class Output:
     """One file a stage writes, ``name`` inside the stage's folder (``""``: the folder itself).
 
-    ``kind``: ``out`` (DVC cache), ``metrics`` or ``plots`` (small text kept in git, ``cache: false``).
+    ``kind``: ``out`` (DVC cache, or with ``cache=False`` a file kept in git), ``metrics`` (what ``dvc exp
+    show`` and ``dvc metrics diff`` print by default: only the small headline files) or ``plots`` (``dvc
+    plots``; ``plot`` names its x and y columns, ``template`` DVC's template, default ``linear``).
     A folder output names its ``key_file``: the file Snakemake tracks in its place (Snakemake writes a
     ``.snakemake_timestamp`` into directory outputs, which would change DVC's hash of the folder), and
     which holds a hash of every other file in the folder (the data manifest)."""
@@ -42,6 +44,7 @@ class Output:
     cache: bool = True
     key_file: str | None = None
     plot: tuple[str, str] | None = None  # (x, y) for dvc plots
+    template: str | None = None  # dvc plots template (`dvc plots templates` lists them)
     figure: str | None = None  # caption file in workflow/report/ (Snakemake --report)
     label: str | None = None  # what the Snakemake report calls it
 
@@ -183,7 +186,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "subspace", "Stage 3: ID training features, NC1-NC4 and the basis of span(W).",
         ("benchmark", "seed"), "results/{benchmark}/subspace/seed{seed}",
         outputs={"features": Output("features.npz"), "basis": Output("basis.npz"),
-                 "nc": Output("nc.json", kind="metrics", cache=False)},
+                 # by path: `dvc metrics show <path>` (README, "Comparing runs")
+                 "nc": Output("nc.json", cache=False)},
         inputs={"data": DATA, "model": Input("pretrain", "model")},
         params=(NORMALIZE, MODEL, "runtime"),
         entry=("fsood.stages.subspace",),
@@ -205,7 +209,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "score", "Stage 5: one forward pass per test set into the cache; every score from the cache.",
         ("benchmark", "method", "seed"), "results/{benchmark}/{method}/seed{seed}",
         outputs={"cache": Output("cache.npz"),
-                 "metrics": Output("metrics.json", kind="metrics", cache=False),
+                 "metrics": Output("metrics.json", cache=False),  # every score x set: by path, not a default metric
+                 # ROC of the method's paired score (score.pairing), ID test vs the main OOD sets pooled
+                 "roc": Output("roc.csv", kind="plots", cache=False, plot=("fpr", "tpr"), template="simple"),
                  # versions, device, seeds, params and input / output hashes, for `fsood rebuild`
                  "provenance": Output("provenance.json", cache=False)},
         inputs={"data": DATA, "model": Input("finetune", "model")},
@@ -221,7 +227,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         outputs={
             "table_md": Output("summary.md", cache=False, label="summary"),
             "table_csv": Output("summary.csv", cache=False),
-            "summary": Output("summary.json", kind="metrics", cache=False),
+            "summary": Output("summary.json", cache=False),  # every score: by path, not a default metric
+            # the dozen numbers of the paper's tables: what `dvc exp show` / `dvc metrics diff` print
+            "headline": Output("headline.json", kind="metrics", cache=False),
             "paper_md": Output("paper_comparison.md", cache=False, label="paper comparison"),
             "paper_csv": Output("paper_comparison.csv", cache=False),
             "histograms": Output("score_histograms.png", figure="histograms", label="score histograms"),

@@ -51,7 +51,7 @@ def _outputs(stage: contract.Stage) -> dict[str, list]:
         path = _dvc(stage.template(key), stage.wildcards)
         options: dict = {} if o.cache else {"cache": False}
         if o.plot:
-            options.update(x=o.plot[0], y=o.plot[1])
+            options.update(x=o.plot[0], y=o.plot[1], **({"template": o.template} if o.template else {}))
         group = {"out": "outs", "metrics": "metrics", "plots": "plots"}[o.kind]
         groups[group].append({path: options} if options else path)
     return {k: v for k, v in groups.items() if v}

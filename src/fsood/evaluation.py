@@ -21,6 +21,13 @@ NOT_OOD = ("id_test", FIT_SET)
 TRAIN_SIZE = "id_train_size"  # images in the whole ID-train set, of which the fit pass holds a sample
 
 
+def paired_score(score_cfg: dict, method: str) -> str:
+    """The score a method is judged by (``score.pairing``). The paper's pairing (Appendix A.8): the
+    auxiliary-data baselines with MSP, its own method and its Table 5 / 9 variants with Eq. 6 (``fs``)."""
+    pairing = score_cfg["pairing"]
+    return pairing["methods"].get(method, pairing["default"])
+
+
 def detector(name: str, score_cfg: dict) -> Detector:
     """The detector ``name`` with its options from params' ``score`` section (not yet fitted)."""
     options = {

@@ -59,6 +59,23 @@ def average_precision(id_scores, ood_scores, positive: str = "id") -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def roc_points(id_scores, ood_scores, max_points: int = 200) -> dict[str, np.ndarray]:
+    """The ROC curve with ID positive (``tpr``: ID accepted, ``fpr``: OOD accepted at ``threshold``,
+    accept = score >= threshold), from (0, 0) to (1, 1), thinned to at most ``max_points`` points
+    evenly spaced along the curve (both ends kept): a small file for ``dvc plots``."""
+    if max_points < 2:
+        raise ValueError(f"max_points must be >= 2, got {max_points}")
+    y, s = _labels_and_scores(id_scores, ood_scores, "id")
+    fps, tps = _clf_curve(y, s)
+    ranked = np.sort(s)[::-1]
+    thresholds = ranked[np.r_[np.flatnonzero(np.diff(ranked)), y.size - 1]]  # _clf_curve's distinct scores
+    fpr = np.r_[0.0, fps / fps[-1]]
+    tpr = np.r_[0.0, tps / tps[-1]]
+    threshold = np.r_[np.nextafter(ranked[0], np.inf), thresholds]  # just above the top score: none accepted
+    keep = np.unique(np.linspace(0, fpr.size - 1, min(max_points, fpr.size)).round().astype(int))
+    return {"fpr": fpr[keep], "tpr": tpr[keep], "threshold": threshold[keep]}
+
+
 def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95, convention: str = "id_positive") -> float:
     """False-positive rate at the given true-positive rate, under ``convention``."""
     if convention == "id_positive":

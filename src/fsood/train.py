@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple, Protocol
@@ -377,7 +378,11 @@ def train(
         if state["objective"] is not None:
             objective.load_state_dict(state["objective"])
         history, step, first_epoch = state["history"], state["step"], state["epoch"] + 1
-    bar = tqdm(range(first_epoch, cfg["epochs"]), desc=desc, unit="epoch", mininterval=2.0, disable=not ctx.is_main)
+    # a bar on an interactive terminal only (disable=None: off when stderr is not a TTY); elsewhere (a pipe,
+    # a cluster's log) one line per epoch instead, so parallel jobs' output stays one line per job and epoch
+    bar = tqdm(range(first_epoch, cfg["epochs"]), desc=desc, unit="epoch", mininterval=2.0,
+               disable=None if ctx.is_main else True)
+    lines = ctx.is_main and bar.disable
     with ThreadPoolExecutor(1, thread_name_prefix="fsood-prefetch") as prefetch:
         for epoch in bar:
             net.train()
@@ -432,6 +437,9 @@ def train(
             row.update({k: v / seen for k, v in zip(keys, totals)})
             history.append(row)
             bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['id_train_acc']:.3f}")
+            if lines:
+                print(f"{desc}: epoch {epoch + 1}/{cfg['epochs']} loss {row['total']:.3f} "
+                      f"acc {row['id_train_acc']:.3f}", file=sys.stderr, flush=True)
             if ctx.is_main:
                 log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 5) for k, v in row.items()})
             if resume is not None:

@@ -47,6 +47,6 @@ def decode_all(items: list[tuple[str, bytes]], size: int, resize: bool | int = F
     from tqdm import tqdm
 
     out = np.empty((len(items), 3, size, size), dtype=np.uint8)
-    for i, (name, data) in enumerate(tqdm(items, desc=desc, unit="img", mininterval=2.0, disable=len(items) < 1000)):
+    for i, (name, data) in enumerate(tqdm(items, desc=desc, unit="img", mininterval=2.0, disable=True if len(items) < 1000 else None)):
         out[i] = decode(data, name, size, resize)
     return out

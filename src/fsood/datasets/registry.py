@@ -477,7 +477,8 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> None:
     with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         received = 0
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", mininterval=1.0) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", mininterval=1.0,
+                  disable=None) as bar:
             while True:
                 try:
                     chunk = response.read(CHUNK)

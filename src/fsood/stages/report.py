@@ -18,14 +18,13 @@ from tqdm import tqdm
 from fsood import contract, nc, paper, plots
 from fsood.config import ood_set_names, score_params
 from fsood.io import load_npz, read_json, write_bytes, write_json, write_text
-from fsood.evaluation import fitted_detector
+from fsood.evaluation import fitted_detector, paired_score
 
 log = logging.getLogger(__name__)
 
 FINE_TUNED_FIRST = ("oe", "sep")  # the paper's Fig. 2 compares OE and feature separation
 SUBSAMPLE_SEED = 0  # same points for every method: ID test and OOD sets are shared between cells
 TABLE_METRICS = ("fpr95", "auroc")
-PAPER_PAIRING = {"sep": "fs", "oe_clu": "fs", "oe_sep": "fs", "sep_energy": "fs"}  # others (baselines): msp
 NC_KEYS = ("nc1", "nc2_equinorm_means", "nc2_equiangular_means", "nc3", "nc4")
 
 
@@ -70,8 +69,9 @@ def load_inputs(params: dict, benchmark: str) -> dict:
     nc_files = {s: _nc_file(benchmark, s) for s in grid["seeds"]}
     tuned = [(m, s) for m, s in cells if m != "none"]  # `none` carries the pretraining curve
     history_files = {cell: _history_file(benchmark, *cell) for cell in tuned}
-    metrics = {cell: read_json(p) for cell, p in tqdm(metric_files.items(), desc="report: metrics", unit="cell")}
-    caches = {m: load_npz(p) for m, p in tqdm(cache_files.items(), desc=f"report: caches seed {seed}", unit="cell")}
+    bar = dict(unit="cell", disable=None)  # a bar on a terminal only (not in a pipe or a cluster's log)
+    metrics = {cell: read_json(p) for cell, p in tqdm(metric_files.items(), desc="report: metrics", **bar)}
+    caches = {m: load_npz(p) for m, p in tqdm(cache_files.items(), desc=f"report: caches seed {seed}", **bar)}
     nc_train = {s: read_json(p) for s, p in nc_files.items()}
     history = [pd.read_csv(p).assign(method=m, seed=s) for (m, s), p in history_files.items()]
     _check_consistent(metrics, params, benchmark)
@@ -149,11 +149,6 @@ def _convention_lines(convention: dict) -> list[str]:
             f"- AUROC: {convention.get('auroc', 'area under ROC')}. All values in percent."]
 
 
-def paired_score(method: str) -> str:
-    """The paper's pairing (A.8): the auxiliary-data baselines with MSP, its own method (and variants) with Eq. 6."""
-    return PAPER_PAIRING.get(method, "msp")
-
-
 def summary_markdown(summary: pd.DataFrame, params: dict, benchmark: str, convention: dict) -> str:
     """The paper's pairing first (one row per method, its paired score), then every (method, score):
     FPR95 / AUROC per OOD set and mean, then ID accuracy."""
@@ -174,10 +169,12 @@ def summary_markdown(summary: pd.DataFrame, params: dict, benchmark: str, conven
     if notes:
         lines.append(f"- {notes}")
     lines += ["", "## The paper's pairing", "",
-              "Each baseline scored with MSP, the paper's method (and its Table 5 / 9 variants) with Eq. 6 "
-              "(`fs`), as the paper compares them (Appendix A.8). `n/a`: that score is not in `score.scores`.", "",
+              "Each method with the score `score.pairing` gives it: by default each baseline with MSP, the "
+              "paper's method (and its Table 5 / 9 variants) with Eq. 6 (`fs`), as the paper compares them "
+              "(Appendix A.8). The same numbers, mean over the main OOD sets, are in `headline.json`.", "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += [row(m, paired_score(m), paired_score(m)) for m in params["grid"]["methods"]]
+    paired = {m: paired_score(params["score"], m) for m in params["grid"]["methods"]}
+    lines += [row(m, score, score) for m, score in paired.items()]
     lines += ["", "## Every score", "",
               f"Main score: `{params['score']['main']}` (listed first); methods in grid order.", "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -196,6 +193,35 @@ def summary_json(summary: pd.DataFrame) -> dict:
             entry["id_accuracy"] = stat(r)
         elif r.ood_set == "mean" and r.metric in TABLE_METRICS:
             entry.setdefault(str(r.score), {}).setdefault("mean", {})[r.metric] = stat(r)
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and std over seeds (ddof=1, as the summary; 0 for one seed), rounded for a small file."""
+    arr = np.asarray(values, dtype=np.float64)
+    return round(float(arr.mean()), 4), round(float(arr.std(ddof=1)) if arr.size > 1 else 0.0, 4)
+
+
+def headline_json(metrics: dict, nc_train: dict, params, benchmark: str) -> dict:
+    """The dozen numbers of the paper's tables, DVC's default metrics (``dvc exp show``, ``dvc metrics diff``).
+
+    Per method, keyed ``<method>.<paired score>``: mean FPR95 and AUROC over the main OOD sets (mean and
+    std over seeds), ID accuracy, and cos-to-span(W) of the ID test and of the OOD test features (mean over
+    the main OOD sets; Sec. 4.5: fine-tuning should keep ID near span(W) and push OOD off it), each a mean
+    over seeds. ``nc1_pretrained``: NC1 of the pretrained model's ID train features, mean over seeds."""
+    seeds, ood_sets = params["grid"]["seeds"], ood_set_names(params["benchmarks"][benchmark])
+    out: dict = {"nc1_pretrained": _mean_std([nc_train[s]["nc1"] for s in seeds])[0]}
+    for method in params["grid"]["methods"]:
+        cells = [metrics[method, s] for s in seeds]
+        score = paired_score(params["score"], method)
+        entry = {}
+        for k in TABLE_METRICS:
+            entry[k], entry[f"{k}_std"] = _mean_std([c["scores"][score]["mean"][k] for c in cells])
+        entry["id_acc"] = _mean_std([c["id_accuracy"] for c in cells])[0]
+        entry["cos_span_id"] = _mean_std([c["separation"]["id_test"]["cos_to_span"] for c in cells])[0]
+        entry["cos_span_ood"] = _mean_std([np.mean([c["separation"][o]["cos_to_span"] for o in ood_sets])
+                                           for c in cells])[0]
+        out[method] = {score: entry}
     return out
 
 
@@ -315,6 +341,7 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
         "table_csv": summary_csv(summary),
         "table_md": summary_markdown(summary, params, benchmark, convention),
         "summary": {**summary_json(summary), **({"paper": paper_summary} if paper_summary else {})},
+        "headline": headline_json(metrics, inputs["nc"], params, benchmark),
         "paper_md": paper.comparison_markdown(comparison, inputs["paper"], benchmark, grid["seeds"],
                                               params["benchmarks"][benchmark].get("notes"),
                                               start_description(params["benchmarks"][benchmark]["pretrain"])),

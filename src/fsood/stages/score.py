@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from fsood import contract, provenance
 from fsood import runtime as rt
 from fsood.config import score_params
-from fsood.evaluation import FIT_SET, TRAIN_SIZE, fitted_detector, metrics_from_cache
-from fsood.io import save_npz, write_json
+from fsood.evaluation import FIT_SET, TRAIN_SIZE, fitted_detector, metrics_from_cache, paired_score
+from fsood.io import save_npz, write_json, write_text
+from fsood.metrics import roc_points
 from fsood.posthoc import Mahalanobis, odin_softmax
 from fsood.stages.common import benchmark_data, load_model, normalization
 from fsood.train import forward_pass, normalizer
@@ -27,6 +28,7 @@ from fsood.train import forward_pass, normalizer
 log = logging.getLogger(__name__)
 
 FIT_SUBSET_SEED = 0  # the same ID-train subset for every cell of a benchmark
+ROC_POINTS = 200  # points of roc.csv: enough for a smooth curve, a few kB a cell
 
 
 def fit_subset(labels: np.ndarray, cap: int | None, seed: int = FIT_SUBSET_SEED) -> np.ndarray:
@@ -173,6 +175,17 @@ def metric_groups(manifest: dict) -> dict[str, list[str]]:
     return groups
 
 
+def roc_csv(cache: dict, score_cfg: dict, method: str, ood_sets: list[str]) -> str:
+    """The ROC curve (ID positive) of the method's paired score, ID test against the main OOD sets pooled,
+    as CSV (fpr, tpr, threshold) for ``dvc plots``."""
+    score = paired_score(score_cfg, method)
+    det = fitted_detector(score, score_cfg, cache)
+    ood = np.concatenate([det.score_set(cache, name) for name in ood_sets])
+    points = roc_points(det.score_set(cache, "id_test"), ood, ROC_POINTS)
+    rows = [f"{f:.6f},{t:.6f},{h:.9g}" for f, t, h in zip(points["fpr"], points["tpr"], points["threshold"])]
+    return "\n".join(["fpr,tpr,threshold", *rows]) + "\n"
+
+
 def run(params: dict, benchmark: str, method: str, seed: int) -> None:
     out = contract.outs("score", benchmark=benchmark, method=method, seed=seed)
     cache = build_cache(params, benchmark, method, seed)
@@ -181,6 +194,7 @@ def run(params: dict, benchmark: str, method: str, seed: int) -> None:
     result = metrics_from_cache(cache, score_cfg, metric_groups(benchmark_data(benchmark).manifest))
     result.update(cell=f"{benchmark}-{method}-{seed}", benchmark=benchmark, method=method, seed=seed)
     write_json(out["metrics"], result)
+    write_text(out["roc"], roc_csv(cache, score_cfg, method, benchmark_data(benchmark).manifest["ood_sets"]))
     # last, so an interrupted job leaves no record of outputs that were not all written
     write_json(out["provenance"], provenance.build(params, benchmark, method, seed, FIT_SUBSET_SEED))
     main = score_cfg["main"]
