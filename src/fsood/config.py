@@ -10,6 +10,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from fsood.records import BENCHMARK_RECORDS
+
 SCHEMA_PATH = Path(str(resources.files("fsood") / "params.schema.yaml"))
 
 
@@ -68,7 +70,7 @@ def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
 
 
 # The paper's benchmarks, whose builders read fixed formats: their class counts are the formats'.
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+NUM_CLASSES = {b.name: b.num_classes for b in BENCHMARK_RECORDS if b.num_classes is not None}
 
 
 def num_classes(benchmark: str, bench: dict) -> int | None:
