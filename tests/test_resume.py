@@ -116,7 +116,7 @@ def test_resume_file_of_other_params_is_ignored_and_deleted(tmp_path, caplog):
     with pytest.raises(Interrupted):
         _fit("sep", Resume(path, key="other params"), fail_at=(2, 0))
     foreign = path.read_bytes()
-    with caplog.at_level(logging.WARNING, logger="fsood.train"):
+    with caplog.at_level(logging.WARNING, logger="fsood.resume"):
         with pytest.raises(Interrupted):  # stop early: a restart is seen by the epoch-0 file it writes
             _fit("sep", Resume(path, key="these params"), fail_at=(1, 0))
     assert "made for other params" in caplog.text and str(path) in caplog.text
@@ -138,7 +138,7 @@ def test_damaged_resume_file_restarts_with_a_warning(damage, tmp_path, caplog):
         path.write_bytes(b"this is not a checkpoint\n")
     else:  # a full pickle that weights_only refuses to unpickle
         torch.save({"format": 1, "key": "cell", "epoch": 1, "hook": Interrupted("x")}, path)
-    with caplog.at_level(logging.WARNING, logger="fsood.train"):
+    with caplog.at_level(logging.WARNING, logger="fsood.resume"):
         result = _fit("sep", Resume(path, key="cell"))  # a restart: seeded as a fresh process seeds it
     assert "ignoring the resume file" in caplog.text
     _assert_same(result, _fit("sep", None))

@@ -22,7 +22,7 @@ from fsood.evaluation import FIT_SET, TRAIN_SIZE, fitted_detector, metrics_from_
 from fsood.io import save_npz, write_json
 from fsood.posthoc import Mahalanobis, odin_softmax
 from fsood.stages.common import benchmark_data, load_model, normalization
-from fsood.train import forward_pass, normalizer
+from fsood.inference import forward_pass, normalizer
 
 log = logging.getLogger(__name__)
 
