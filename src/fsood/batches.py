@@ -59,13 +59,3 @@ def check_shards(cfg: dict, processes: int, outliers: bool = True) -> None:
         if size < processes:
             raise ValueError(f"{key}={size} is smaller than processes={processes}: every data-parallel rank "
                              "needs at least one image of each batch")
-
-
-def check_shards(cfg: dict, processes: int, outliers: bool = True) -> None:
-    """Refuse a batch too small to give every one of ``processes`` ranks at least one image of each part."""
-    sizes = {"id_batch_size": cfg["id_batch_size"], "outlier_batch_size": cfg["outlier_batch_size"]} \
-        if outliers else {"batch_size": cfg["batch_size"]}
-    for key, size in sizes.items():
-        if size < processes:
-            raise ValueError(f"{key}={size} is smaller than processes={processes}: every data-parallel rank "
-                             "needs at least one image of each batch")

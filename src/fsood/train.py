@@ -8,6 +8,11 @@ processes (fsood.distributed) each rank trains on its shard of every global batc
 :class:`Resume` (fsood.resume) saves its whole state after every epoch and, restarted after a crash
 or a SIGKILL, continues from the last saved epoch to the same bytes as a run that was never
 interrupted. Inference (``forward_pass``) is fsood.inference; the names stay importable from here.
+
+The seeded generator and every draw (permutations, crops, flips) stay on the CPU, so a seed gives
+the same stream on any device and on every rank. Array data move to the device once (a no-op on the
+CPU): on a GPU, indexing and augmenting there spares a host-to-device copy of every batch and the
+CPU work that would otherwise starve the GPU.
 """
 from __future__ import annotations
 
@@ -205,11 +210,6 @@ def train(
     continue after the epoch a matching file holds. A corrupt, foreign or stale file is ignored with a
     warning and deleted. Resumed on the same device and thread count, the run ends with the same bytes.
     """
-    # The seeded generator and every draw (permutations, crops, flips) stay on the CPU, so a
-    # seed gives the same stream on any device and on every rank. Array data move to the device
-    # once (a no-op on the CPU): on a GPU, indexing and augmenting there spares a host-to-device
-    # copy of every batch and the CPU work that would otherwise starve the GPU. Lazy sets are
-    # read on the host, one batch ahead in a background thread.
     gen = torch.Generator().manual_seed(seed)
     xs, xo = Rows(id_x, device), None if outlier_x is None else Rows(outlier_x, device)
     # pretraining has one batch size; fine-tuning zips an ID batch with an outlier batch
