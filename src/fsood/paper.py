@@ -32,7 +32,7 @@ PAPER_RESULTS = Path(str(resources.files("fsood") / "paper_results.yaml"))
 
 BENCHMARKS = records.PAPER_BENCHMARKS
 METHODS = records.PAPER_METHODS  # fsood names; `sep` is the paper's "Ours"
-SCORES = ("fs", "msp", "energy", "maxlogit", "abs_cos")  # fsood.scores names; `fs` is Eq. 6
+SCORES = ("fs", "msp", "energy", "maxlogit", "abs_cos")  # fsood.detectors names; `fs` is Eq. 6
 METRICS = ("fpr95", "auroc")
 MAIN_SETS = {b: records.BENCHMARKS[b].paper_sets for b in BENCHMARKS}  # their mean is the paper's "Average"
 HARD_SETS = {b: records.BENCHMARKS[b].paper_hard_sets for b in BENCHMARKS}  # Table 11
