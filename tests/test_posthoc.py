@@ -21,8 +21,7 @@ from fsood.config import ParamsError, validate_params
 from fsood.evaluation import cache_sets, fitted_detector, metrics_from_cache, score_cache
 from fsood.detectors import KNN, NCI, NECO, ODIN, Mahalanobis, ReAct, ViM, vim_dim
 from fsood.detectors import DETECTORS, build_detector, msp
-from fsood.detectors.gradient import mahalanobis_scores
-from fsood.detectors.odin import odin_scores
+from fsood.detectors.gradient import mahalanobis_scores, odin_scores
 from fsood.stages.score import fit_subset, metric_groups
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())

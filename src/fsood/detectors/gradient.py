@@ -1,6 +1,6 @@
 """Input pre-processing passes (torch): scores that need input gradients, so no cache can give them.
 
-:func:`perturbed_scores` is the pass both ODIN (:func:`fsood.detectors.odin.odin_scores`) and Lee
+:func:`perturbed_scores` is the pass both ODIN (:func:`odin_scores`) and Lee
 et al.'s Mahalanobis (:func:`mahalanobis_scores`) run; the score stage calls them and caches the scores.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 
 from fsood import runtime as rt
 from fsood.detectors.fitted import Mahalanobis
+from fsood.detectors.odin import odin_loss, odin_softmax
 from fsood.inference import normalizer
 
 
@@ -41,6 +42,14 @@ def perturbed_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, devic
         with torch.no_grad(), rt.autocast(runtime, device):
             out.append(score_of(model, inputs.detach() - epsilon * step))
     return np.concatenate(out)
+
+
+def odin_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, device: torch.device, norm: dict,
+                temperature: float, epsilon: float) -> np.ndarray:
+    """ODIN (Liang et al. 2018): max softmax at T of the perturbed input (:mod:`fsood.detectors.odin`)."""
+    return perturbed_scores(model, x, runtime, device, norm, epsilon,
+                            lambda net, inputs: odin_loss(net, inputs, temperature),
+                            lambda net, inputs: odin_softmax(net(inputs).float().cpu().numpy(), temperature))
 
 
 def mahalanobis_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, device: torch.device, norm: dict,

@@ -1,6 +1,9 @@
-"""ODIN (Liang et al., ICLR 2018), in one place: the input-gradient pass the score stage runs
-(:func:`odin_scores`, torch) and the detector that reads its scores from the cache (:class:`ODIN`,
-numpy: the report imports it without torch; torch is imported inside :func:`odin_scores` only).
+"""ODIN (Liang et al., ICLR 2018), in one place: its loss and score (:func:`odin_loss`,
+:func:`odin_softmax`) and the detector that reads its scores from the cache (:class:`ODIN`).
+
+The input-gradient pass itself is the one ODIN shares with Lee et al.'s Mahalanobis
+(``fsood.detectors.gradient``: ``odin_scores`` runs it with this loss and score). numpy here: the
+report imports this module without torch (torch is imported inside :func:`odin_loss` only).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ class ODIN(Detector):
     x~ = x - eps * sign(-grad_x log S_yhat(x; T)) per channel divided by that channel's std,
     on the normalised input, as the authors' code: a step of eps in [0, 1] pixel units. It
     needs input gradients, so it cannot come from cached features: the score stage runs it
-    (:func:`odin_scores`) and stores ``<set>__odin`` with the T and eps used
+    (``fsood.detectors.gradient.odin_scores``) and stores ``<set>__odin`` with the T and eps used
     (``odin_temperature``, ``odin_epsilon``); this detector reads those.
     """
 
@@ -41,17 +44,10 @@ class ODIN(Detector):
         return cached_pass(cache, name, self.name, {"temperature": self.temperature, "epsilon": self.epsilon})
 
 
-def odin_scores(model, x: np.ndarray, runtime: dict, device, norm: dict,
-                temperature: float, epsilon: float) -> np.ndarray:
-    """ODIN (Liang et al. 2018): max softmax at T of the perturbed input; the loss is cross-entropy of
-    f(x)/T against the prediction (``fsood.detectors.gradient.perturbed_scores``)."""
-    import torch.nn.functional as F
+def odin_loss(net, inputs, temperature: float):
+    """The loss ODIN's input step descends: cross-entropy of f(x)/T against the prediction, summed over
+    the batch (so each image's gradient is its own); torch tensors in, a torch scalar out."""
+    import torch.nn.functional as F  # torch only here: the report imports this module without it
 
-    from fsood.detectors.gradient import perturbed_scores
-
-    def loss_of(net, inputs):
-        logits = net(inputs).float() / temperature
-        return F.cross_entropy(logits, logits.argmax(1), reduction="sum")
-
-    return perturbed_scores(model, x, runtime, device, norm, epsilon, loss_of,
-                            lambda net, inputs: odin_softmax(net(inputs).float().cpu().numpy(), temperature))
+    logits = net(inputs).float() / temperature
+    return F.cross_entropy(logits, logits.argmax(1), reduction="sum")

@@ -16,8 +16,7 @@ from fsood import contract, provenance
 from fsood import runtime as rt
 from fsood.config import score_params
 from fsood.detectors import Mahalanobis
-from fsood.detectors.gradient import mahalanobis_scores
-from fsood.detectors.odin import odin_scores
+from fsood.detectors.gradient import mahalanobis_scores, odin_scores
 from fsood.evaluation import FIT_SET, TRAIN_SIZE, fitted_detector, metrics_from_cache
 from fsood.inference import forward_pass
 from fsood.io import save_npz, write_json
