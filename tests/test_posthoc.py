@@ -441,7 +441,7 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     """digits data, an untrained small CNN, every score (ODIN included); one OOD set made 'hard'."""
     from fsood import contract
     from fsood.datasets import materialize
-    from fsood.io import load_npz, save_state_dict
+    from fsood.io import load_npz, save_npz, save_state_dict
     from fsood.models import build_model
     from fsood.stages import score
 
@@ -464,6 +464,8 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     for files in (cell, pre):  # the score stage's provenance hashes the pretrained and the scored model
         save_state_dict(files["model"], model.state_dict())
         files["history"].write_text("epoch\n0\n")
+    basis = contract.out("subspace", "basis", benchmark="digits", seed=0)  # and the fine-tuning's inputs
+    save_npz(basis, {"weight": model.fc.weight.detach().numpy()})
 
     score.run(params, "digits", "none", 0)
     out = contract.outs("score", benchmark="digits", method="none", seed=0)

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, edit_params, make_workspace
+from conftest import edit_params
+from upstream import clone_upstream
 from fsood import distributed as dist
 from fsood.io import save_state_dict
 from fsood.methods import make_objective
@@ -177,12 +178,11 @@ def _outputs(ws, folder):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny digits workspace with data and an uninterrupted pretrain; the uninterrupted sep cell's
-    bytes; the pretrain outputs' bytes."""
-    ws = make_workspace(tmp_path_factory.mktemp("resume") / "ws", git=False)
-    edit_params(ws, **{**TINY, **EPOCHS})
-    for args in (["data"], ["pretrain", "--seed", "0"]):
+def base(tmp_path_factory, digits_upstream):
+    """A tiny digits workspace (the session's data, tests/upstream.py) with an uninterrupted pretrain of
+    EPOCHS and its subspace; the uninterrupted sep cell's bytes; the pretrain outputs' bytes."""
+    ws = clone_upstream(digits_upstream, tmp_path_factory.mktemp("resume") / "ws", **EPOCHS)
+    for args in (["pretrain", "--seed", "0"], ["subspace", "--seed", "0"]):
         subprocess.run([sys.executable, "-m", "fsood", *args, "--benchmark", "digits"], cwd=ws, check=True,
                        capture_output=True)
     assert _run(ws, "finetune", "--method", "sep").returncode == 0
