@@ -215,19 +215,25 @@ def _kill_after_epoch(ws, args, resume: Path, timeout: float = 120.0) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def _killed_then_rerun(ws: Path, args: list[str], resume_name: str, folder: str) -> dict[str, bytes]:
+    """SIGKILL ``args`` after an epoch (nothing of ``folder`` written yet), rerun it to the end: it must
+    resume and delete its resume file; returns ``folder``'s outputs."""
+    resume = ws / ".fsood/resume" / resume_name
+    _kill_after_epoch(ws, args, resume)
+    assert not (ws / folder / "model.pt").exists() and not (ws / folder / "history.csv").exists()
+    done = _run(ws, *args)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in (ws / "job.log").read_text()
+    assert not resume.exists(), "the resume file outlived a finished job"
+    return _outputs(ws, folder)
+
+
 @pytest.mark.trust(kind="sigkill_resume")
 @pytest.mark.slow
 def test_sigkilled_finetune_reruns_to_the_same_bytes(base, tmp_path):
     base_ws, finetuned, _ = base
     ws = _copy(base_ws, tmp_path / "ws")
-    resume = ws / ".fsood/resume/finetune-digits-sep-0.pt"
-    _kill_after_epoch(ws, ["finetune", "--method", "sep"], resume)
-    assert not (ws / CELL / "model.pt").exists() and not (ws / CELL / "history.csv").exists()
-    done = _run(ws, "finetune", "--method", "sep")
-    assert done.returncode == 0, done.stderr
-    assert "resuming from" in (ws / "job.log").read_text()
-    assert _outputs(ws, CELL) == finetuned
-    assert not resume.exists(), "the resume file outlived a finished job"
+    assert _killed_then_rerun(ws, ["finetune", "--method", "sep"], "finetune-digits-sep-0.pt", CELL) == finetuned
 
 
 @pytest.mark.trust(kind="sigkill_resume")
@@ -236,13 +242,7 @@ def test_sigkilled_pretrain_reruns_to_the_same_bytes(base, tmp_path):
     base_ws, _, pretrained = base
     ws = _copy(base_ws, tmp_path / "ws")
     shutil.rmtree(ws / PRE)
-    resume = ws / ".fsood/resume/pretrain-digits-0.pt"
-    _kill_after_epoch(ws, ["pretrain"], resume)
-    assert not (ws / PRE / "model.pt").exists()
-    assert _run(ws, "pretrain").returncode == 0
-    assert "resuming from" in (ws / "job.log").read_text()
-    assert _outputs(ws, PRE) == pretrained
-    assert not resume.exists()
+    assert _killed_then_rerun(ws, ["pretrain"], "pretrain-digits-0.pt", PRE) == pretrained
 
 
 @pytest.mark.trust(kind="sigkill_resume")
