@@ -48,3 +48,12 @@ TINY = {
     "benchmarks.digits.finetune.stage2_epoch": 1,
     "report.max_points": 100,
 }
+
+
+@pytest.fixture(scope="session")
+def digits_upstream(tmp_path_factory) -> Path:
+    """The TINY digits data, pretrain and subspace of seed 0, built once per session (tests/upstream.py);
+    start from ``upstream.clone_upstream(digits_upstream, dest)``, never write into it."""
+    from upstream import build_upstream
+
+    return build_upstream(tmp_path_factory.mktemp("upstream") / "ws")

@@ -12,11 +12,8 @@ from __future__ import annotations
 import builtins
 import errno
 import io
-import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,29 +24,13 @@ from PIL import Image
 
 import paper_fakes
 from conftest import ROOT, TINY, edit_params, make_workspace
+from trust_table import readme_table, render, trust_counts
+from upstream import clone_upstream
 from fsood import io as fsood_io
 from fsood.cli import main
 from fsood.datasets import cifar_paper, materialize, registry
 from fsood.models import build_model
 
-# kind: what the README's table row is called
-KINDS = {
-    "archives": "Corrupt, truncated or mis-hashed archive or file",
-    "unsafe_members": "Archive member with `..`, an absolute path or a link",
-    "undecodable_images": "Image that fails to decode",
-    "bad_params": "Bad params (wrong type, unknown key, empty grid, duplicate seeds, ...)",
-    "bad_declaration": "A declared benchmark whose sets cannot be built",
-    "bad_checkpoints": "Checkpoint of another architecture / class count, or not a plain state dict",
-    "nonfinite_loss": "Loss that turns NaN or inf",
-    "missing_mirror": "Mirror folder that does not exist",
-    "disk_full": "Disk that fills while writing",
-    "sigkill_resume": "Job killed (SIGKILL) mid-training, then rerun",
-    "concurrent_lock": "`snakemake` and `dvc repro` started together",
-    "rerun_after_dvc": "`snakemake -n` after `dvc repro`",
-    "input_changed_outside": "An input rewritten outside Snakemake, e.g. by `dvc checkout` or by hand",
-    "exact_rebuild": "Exact rebuild (`dvc repro -f`, other core counts)",
-    "rebuild_cell": "Rebuild one named cell and compare",
-}
 trust = pytest.mark.trust
 CELL = "results/digits/oe/seed0"
 PRETRAINED = "results/digits/pretrain/seed0/model.pt"
@@ -63,14 +44,10 @@ def leftovers(folder: Path) -> list[str]:
 # --- through the CLI, on a tiny digits workspace --------------------------------------------------
 
 @pytest.fixture(scope="module")
-def digits_ws(tmp_path_factory) -> Path:
-    """A workspace with the TINY grid and its data stage done (the stages read ``data/digits``)."""
-    ws = make_workspace(tmp_path_factory.mktemp("bad") / "ws", git=False)
-    edit_params(ws, **TINY)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ws)
-        assert main(["data", "--benchmark", "digits"]) == 0
-    return ws
+def digits_ws(tmp_path_factory, digits_upstream) -> Path:
+    """A workspace with the TINY grid and its upstream (data, pretrain, subspace) done: a hard-linked
+    copy of the session's (tests/upstream.py)."""
+    return clone_upstream(digits_upstream, tmp_path_factory.mktemp("bad") / "ws")
 
 
 def _params(ws: Path) -> dict:
@@ -355,59 +332,10 @@ def test_full_disk_during_a_folder_output_leaves_no_partial_folder(tmp_path, mon
         assert (out / "manifest.json").read_text() == "previous"
 
 
-# --- the README's table agrees with the marked tests -----------------------------------------------
-
-_COUNT = """
-import collections, json, sys
-import pytest
-
-class Count:
-    def __init__(self):
-        self.kinds = collections.Counter()
-
-    def pytest_collection_finish(self, session):
-        for item in session.items:
-            self.kinds[item.get_closest_marker("trust").kwargs.get("kind")] += 1
-
-count = Count()
-rc = pytest.main(["--collect-only", "-q", "-m", "trust", "-p", "no:cacheprovider", *sys.argv[1:]], plugins=[count])
-print("TRUST_COUNTS " + json.dumps(count.kinds, sort_keys=True))
-sys.exit(0 if rc in (0, 5) else rc)
-"""
-
-
-def trust_counts() -> dict[str, int]:
-    """Tests per ``trust`` kind, as pytest collects them (one parametrized case = one test)."""
-    marked = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py"))
-              if "trust(kind=" in p.read_text()]  # collecting only these keeps it quick
-    proc = subprocess.run([sys.executable, "-c", _COUNT, *marked], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("TRUST_COUNTS "))
-    return json.loads(line.removeprefix("TRUST_COUNTS "))
-
-
-def readme_table() -> dict[str, str]:
-    """kind -> the count cell (a number or TBD) of each row of the README's "What we test against" table."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## What we test against", 1)[1].split("\n## ", 1)[0]
-    rows = {}
-    for line in section.splitlines():
-        found = re.match(r"\|\s*[^|]*\(`([a-z_]+)`\)\s*\|\s*(\d+|TBD)\s*\|", line)
-        if found:
-            rows[found.group(1)] = found.group(2)
-    return rows
-
+# --- the README's table is the one the trust markers make -------------------------------------------
 
 @pytest.mark.slow  # collecting the marked files imports torch etc.: 10-25 s on a busy 2-core machine
-def test_readme_table_counts_match_the_marked_tests():
-    counts, rows = trust_counts(), readme_table()
-    assert set(counts) <= set(KINDS), f"unknown trust kinds {sorted(set(counts) - set(KINDS))}; valid: {sorted(KINDS)}"
-    assert set(rows) == set(KINDS), f"README rows {sorted(rows)} differ from the kinds {sorted(KINDS)}"
-    for kind, cell in rows.items():
-        if cell == "TBD":
-            continue
-        assert int(cell) == counts.get(kind, 0), (
-            f"README says {cell} tests of {kind!r}, pytest collects {counts.get(kind, 0)}: "
-            f"update the table in README.md")
-        assert int(cell) > 0, f"no test is marked trust(kind={kind!r})"
+def test_readme_holds_the_trust_table_the_markers_make():
+    """scripts/trust_table.py writes the table; this fails when a test was added or removed since."""
+    table = render(trust_counts())
+    assert readme_table((ROOT / "README.md").read_text()) == table, "run python scripts/trust_table.py"

@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, edit_params, make_workspace
+from conftest import TINY
+from upstream import clone_upstream
 from fsood import distributed as dist
 from fsood import runtime as rt
 from fsood.io import read_json, save_state_dict, write_json
@@ -273,24 +274,11 @@ def _fsood(ws, *args, launcher=(sys.executable, "-m"), env=None):
 
 
 @pytest.fixture(scope="module")
-def spawned_cell(tmp_path_factory):
-    """A tiny workspace (data, pretrain and subspace run in this process, to spare two torch imports), then
+def spawned_cell(tmp_path_factory, digits_upstream):
+    """A tiny workspace (the session's upstream, hard-linked: tests/upstream.py), then
     ``python -m fsood finetune`` with ``processes: 2``, as Snakemake and DVC start it."""
-    from fsood.config import load_params
-    from fsood.stages import data, pretrain, subspace
-
-    ws = make_workspace(tmp_path_factory.mktemp("cli") / "ws", git=False)
-    edit_params(ws, **{**TINY, "benchmarks.digits.finetune.processes": 2, "runtime.threads": 2})
-    cwd, threads = os.getcwd(), torch.get_num_threads()
-    try:
-        os.chdir(ws)
-        params = load_params("params.yaml")
-        data.run(params, "digits")
-        pretrain.run(params, "digits", 0)
-        subspace.run(params, "digits", 0)  # the basis: a declared input of finetune (fsood.contract)
-    finally:
-        os.chdir(cwd)
-        torch.set_num_threads(threads)
+    ws = clone_upstream(digits_upstream, tmp_path_factory.mktemp("cli") / "ws",
+                        **{"benchmarks.digits.finetune.processes": 2, "runtime.threads": 2})
     _fsood(ws, "finetune", "--method", "sep", "--seed", "0", "--log", "logs/ddp.log")
     return ws, ws / "results/digits/sep/seed0"
 

@@ -118,7 +118,7 @@ def test_authors_ours_score_is_msp_plus_the_plain_sum_and_imagenet_keeps_the_cho
     benchmarks: fsood's fs with mean_over_classes false. ImageNet's params choose the 1/C of Eq. 6."""
     from scipy.special import softmax
 
-    from fsood.scores import build_detector
+    from fsood.detectors import build_detector
 
     rng = np.random.default_rng(0)
     z, w = rng.normal(size=(5, 8)), rng.normal(size=(4, 8))

@@ -97,6 +97,8 @@ def test_average_precision_matches_sklearn(ties):
         )
 
 
+# The two tests below share their shape on purpose: each convention checked against its own reference
+# (sklearn's ROC curve for OOD-positive, the Hendrycks et al. code for ID-positive), on other cases.
 @pytest.mark.parametrize("ties", [True, False])
 @pytest.mark.parametrize("tpr", [0.95, 0.9, 0.5])
 def test_fpr_ood_positive_matches_sklearn_roc_curve(ties, tpr):

@@ -1,4 +1,4 @@
-"""Post-hoc scores (fsood.posthoc), the cache they read (stages/score.py) and metric groups.
+"""Post-hoc scores (fsood.detectors), the cache they read (stages/score.py) and metric groups.
 
 Each detector has a hand-built case whose answer follows from its definition; where
 pytorch-ood 0.4 has the detector, a cross-check on the same tiny model (pytorch-ood scores
@@ -19,9 +19,10 @@ from torch import nn
 from conftest import ROOT
 from fsood.config import ParamsError, validate_params
 from fsood.evaluation import cache_sets, fitted_detector, metrics_from_cache, score_cache
-from fsood.posthoc import KNN, NCI, NECO, ODIN, Mahalanobis, ReAct, ViM, vim_dim
-from fsood.scores import DETECTORS, build_detector, msp
-from fsood.stages.score import fit_subset, metric_groups, odin_scores
+from fsood.detectors import KNN, NCI, NECO, ODIN, Mahalanobis, ReAct, ViM, vim_dim
+from fsood.detectors import DETECTORS, build_detector, msp
+from fsood.detectors.gradient import mahalanobis_scores, odin_scores
+from fsood.stages.score import fit_subset, metric_groups
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 FITTED = ["react", "knn", "mahalanobis", "vim", "neco", "nci"]
@@ -259,8 +260,6 @@ class LinearFeatures(nn.Module):
 def test_mahalanobis_preprocessing_matches_lee_et_al_on_a_linear_model():
     """Lee et al. (2018), as their get_Mahalanobis_score: step against the sign of the gradient of the
     distance to the nearest class mean, eps / std_c per channel, then score the perturbed features."""
-    from fsood.stages.score import mahalanobis_scores
-
     rng = np.random.default_rng(2)
     c, h, w, d, eps = 2, 2, 2, 3, 0.01
     a = rng.normal(size=(d, c * h * w))
@@ -442,7 +441,7 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     """digits data, an untrained small CNN, every score (ODIN included); one OOD set made 'hard'."""
     from fsood import contract
     from fsood.datasets import materialize
-    from fsood.io import load_npz, save_state_dict
+    from fsood.io import load_npz, save_npz, save_state_dict
     from fsood.models import build_model
     from fsood.stages import score
 
@@ -465,6 +464,8 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     for files in (cell, pre):  # the score stage's provenance hashes the pretrained and the scored model
         save_state_dict(files["model"], model.state_dict())
         files["history"].write_text("epoch\n0\n")
+    basis = contract.out("subspace", "basis", benchmark="digits", seed=0)  # and the fine-tuning's inputs
+    save_npz(basis, {"weight": model.fc.weight.detach().numpy()})
 
     score.run(params, "digits", "none", 0)
     out = contract.outs("score", benchmark="digits", method="none", seed=0)

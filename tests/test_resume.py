@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, edit_params, make_workspace
+from conftest import edit_params
+from upstream import clone_upstream
 from fsood import distributed as dist
 from fsood.io import save_state_dict
 from fsood.methods import make_objective
@@ -116,7 +117,7 @@ def test_resume_file_of_other_params_is_ignored_and_deleted(tmp_path, caplog):
     with pytest.raises(Interrupted):
         _fit("sep", Resume(path, key="other params"), fail_at=(2, 0))
     foreign = path.read_bytes()
-    with caplog.at_level(logging.WARNING, logger="fsood.train"):
+    with caplog.at_level(logging.WARNING, logger="fsood.resume"):
         with pytest.raises(Interrupted):  # stop early: a restart is seen by the epoch-0 file it writes
             _fit("sep", Resume(path, key="these params"), fail_at=(1, 0))
     assert "made for other params" in caplog.text and str(path) in caplog.text
@@ -138,7 +139,7 @@ def test_damaged_resume_file_restarts_with_a_warning(damage, tmp_path, caplog):
         path.write_bytes(b"this is not a checkpoint\n")
     else:  # a full pickle that weights_only refuses to unpickle
         torch.save({"format": 1, "key": "cell", "epoch": 1, "hook": Interrupted("x")}, path)
-    with caplog.at_level(logging.WARNING, logger="fsood.train"):
+    with caplog.at_level(logging.WARNING, logger="fsood.resume"):
         result = _fit("sep", Resume(path, key="cell"))  # a restart: seeded as a fresh process seeds it
     assert "ignoring the resume file" in caplog.text
     _assert_same(result, _fit("sep", None))
@@ -177,12 +178,11 @@ def _outputs(ws, folder):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny digits workspace with data and an uninterrupted pretrain; the uninterrupted sep cell's
-    bytes; the pretrain outputs' bytes."""
-    ws = make_workspace(tmp_path_factory.mktemp("resume") / "ws", git=False)
-    edit_params(ws, **{**TINY, **EPOCHS})
-    for args in (["data"], ["pretrain", "--seed", "0"], ["subspace", "--seed", "0"]):  # finetune reads all three
+def base(tmp_path_factory, digits_upstream):
+    """A tiny digits workspace (the session's data, tests/upstream.py) with an uninterrupted pretrain of
+    EPOCHS and its subspace; the uninterrupted sep cell's bytes; the pretrain outputs' bytes."""
+    ws = clone_upstream(digits_upstream, tmp_path_factory.mktemp("resume") / "ws", **EPOCHS)
+    for args in (["pretrain", "--seed", "0"], ["subspace", "--seed", "0"]):
         subprocess.run([sys.executable, "-m", "fsood", *args, "--benchmark", "digits"], cwd=ws, check=True,
                        capture_output=True)
     assert _run(ws, "finetune", "--method", "sep").returncode == 0
@@ -215,19 +215,25 @@ def _kill_after_epoch(ws, args, resume: Path, timeout: float = 120.0) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def _killed_then_rerun(ws: Path, args: list[str], resume_name: str, folder: str) -> dict[str, bytes]:
+    """SIGKILL ``args`` after an epoch (nothing of ``folder`` written yet), rerun it to the end: it must
+    resume and delete its resume file; returns ``folder``'s outputs."""
+    resume = ws / ".fsood/resume" / resume_name
+    _kill_after_epoch(ws, args, resume)
+    assert not (ws / folder / "model.pt").exists() and not (ws / folder / "history.csv").exists()
+    done = _run(ws, *args)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in (ws / "job.log").read_text()
+    assert not resume.exists(), "the resume file outlived a finished job"
+    return _outputs(ws, folder)
+
+
 @pytest.mark.trust(kind="sigkill_resume")
 @pytest.mark.slow
 def test_sigkilled_finetune_reruns_to_the_same_bytes(base, tmp_path):
     base_ws, finetuned, _ = base
     ws = _copy(base_ws, tmp_path / "ws")
-    resume = ws / ".fsood/resume/finetune-digits-sep-0.pt"
-    _kill_after_epoch(ws, ["finetune", "--method", "sep"], resume)
-    assert not (ws / CELL / "model.pt").exists() and not (ws / CELL / "history.csv").exists()
-    done = _run(ws, "finetune", "--method", "sep")
-    assert done.returncode == 0, done.stderr
-    assert "resuming from" in (ws / "job.log").read_text()
-    assert _outputs(ws, CELL) == finetuned
-    assert not resume.exists(), "the resume file outlived a finished job"
+    assert _killed_then_rerun(ws, ["finetune", "--method", "sep"], "finetune-digits-sep-0.pt", CELL) == finetuned
 
 
 @pytest.mark.trust(kind="sigkill_resume")
@@ -236,13 +242,7 @@ def test_sigkilled_pretrain_reruns_to_the_same_bytes(base, tmp_path):
     base_ws, _, pretrained = base
     ws = _copy(base_ws, tmp_path / "ws")
     shutil.rmtree(ws / PRE)
-    resume = ws / ".fsood/resume/pretrain-digits-0.pt"
-    _kill_after_epoch(ws, ["pretrain"], resume)
-    assert not (ws / PRE / "model.pt").exists()
-    assert _run(ws, "pretrain").returncode == 0
-    assert "resuming from" in (ws / "job.log").read_text()
-    assert _outputs(ws, PRE) == pretrained
-    assert not resume.exists()
+    assert _killed_then_rerun(ws, ["pretrain"], "pretrain-digits-0.pt", PRE) == pretrained
 
 
 @pytest.mark.trust(kind="sigkill_resume")

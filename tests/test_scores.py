@@ -1,10 +1,10 @@
-"""Unit tests for fsood.scores against hand-computed values."""
+"""Unit tests for fsood.detectors.basic against hand-computed values."""
 import math
 
 import numpy as np
 import pytest
 
-from fsood.scores import (
+from fsood.detectors import (
     DETECTORS,
     AbsCosine,
     Energy,

@@ -1,4 +1,4 @@
-"""augment_batch and cosine_lr from fsood.train."""
+"""augment_batch (fsood.augment) and cosine_lr (fsood.train)."""
 import math
 
 import numpy as np

@@ -10,6 +10,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from fsood.records import BENCHMARK_RECORDS
+
 SCHEMA_PATH = Path(str(resources.files("fsood") / "params.schema.yaml"))
 
 
@@ -68,7 +70,7 @@ def _deepest(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
 
 
 # The paper's benchmarks, whose builders read fixed formats: their class counts are the formats'.
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+NUM_CLASSES = {b.name: b.num_classes for b in BENCHMARK_RECORDS if b.num_classes is not None}
 
 
 def num_classes(benchmark: str, bench: dict) -> int | None:
@@ -142,69 +144,69 @@ def _check_declared(name: str, data: dict) -> list[str]:
     return problems
 
 
+def _check_benchmark(name: str, bench: dict, params: dict) -> list[str]:
+    """What the schema cannot say about one benchmark: its epochs, sets and report settings."""
+    problems = _check_declared(name, bench["data"]) if "id" in bench["data"] else []
+    ft = bench["finetune"]
+    if ft["stage2_epoch"] > ft["epochs"]:
+        problems.append(f"benchmarks.{name}.finetune.stage2_epoch={ft['stage2_epoch']} exceeds epochs={ft['epochs']}")
+    pre = bench["pretrain"]
+    if pre["schedule_epochs"] < pre["epochs"]:
+        problems.append(f"benchmarks.{name}.pretrain.schedule_epochs={pre['schedule_epochs']} is shorter than "
+                        f"epochs={pre['epochs']}: the cosine schedule must cover every epoch trained")
+    norm = bench["data"].get("normalize")  # a declared benchmark may leave it to the data stage
+    if norm and len(norm["mean"]) != len(norm["std"]):
+        problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")
+    problems += _check_overrides(name, "methods", bench["methods"], params["methods"])
+    problems += _check_overrides(name, "score", bench["score"], params["score"])
+    ood_sets = ood_set_names(bench) + bench["data"].get("hard_ood_sets", [])
+    if not bench["data"]["ood_sets"]:
+        problems.append(f"benchmarks.{name}.data.ood_sets is empty: the benchmark needs at least one OOD set")
+    overlap = set(bench["data"]["ood_sets"]) & set(bench["data"].get("hard_ood_sets", []))
+    if overlap:
+        problems.append(f"benchmarks.{name}.data: {sorted(overlap)} listed in both ood_sets and hard_ood_sets")
+    if name in ood_sets:
+        problems.append(f"benchmarks.{name}.data lists {name!r}, its own in-distribution set, as OOD")
+    projection_ood = params["report"]["projection_ood"].get(name)
+    if projection_ood not in ood_sets:
+        problems.append(f"report.projection_ood.{name}={projection_ood!r} is not an OOD set of "
+                        f"benchmark {name!r} (valid: {ood_sets})")
+    n_classes = num_classes(name, bench)
+    bad = [c for c in params["report"]["projection_classes"] if n_classes is not None and c >= n_classes]
+    if bad:
+        problems.append(f"report.projection_classes {bad} out of range for {n_classes} ID classes of {name!r}")
+    return problems
+
+
+def _check_merged(params: dict) -> list[str]:
+    """Each benchmark's merged values must still satisfy the global sections' schema."""
+    problems, schema = [], _schema()
+    for name in params["benchmarks"]:
+        merged = {"methods": {m: method_params(params, name, m) for m in params["methods"]},
+                  "score": score_params(params, name)}
+        for section, value in merged.items():
+            validator = jsonschema.Draft202012Validator({**schema["properties"][section], "$defs": schema["$defs"]})
+            for err in validator.iter_errors(value):
+                problems.append(f"benchmarks.{name}.{section} overrides give an invalid {section} section: "
+                                f"at {_where(err) if err.absolute_path else '(top level)'}: {err.message}")
+    return problems
+
+
 def _check_cross_fields(params: dict, source: str) -> None:
-    problems = []
     grid = params["grid"]
-    for name in grid["benchmarks"]:
-        if name not in params["benchmarks"]:
-            problems.append(
-                f"grid.benchmarks names {name!r} but benchmarks has no such entry "
-                f"(defined: {sorted(params['benchmarks'])})"
-            )
+    problems = [f"grid.benchmarks names {name!r} but benchmarks has no such entry "
+                f"(defined: {sorted(params['benchmarks'])})" for name in grid["benchmarks"]
+                if name not in params["benchmarks"]]
     for name, bench in params["benchmarks"].items():
-        if "id" in bench["data"]:
-            problems += _check_declared(name, bench["data"])
-        ft = bench["finetune"]
-        if ft["stage2_epoch"] > ft["epochs"]:
-            problems.append(
-                f"benchmarks.{name}.finetune.stage2_epoch={ft['stage2_epoch']} exceeds epochs={ft['epochs']}"
-            )
-        pre = bench["pretrain"]
-        if pre["schedule_epochs"] < pre["epochs"]:
-            problems.append(f"benchmarks.{name}.pretrain.schedule_epochs={pre['schedule_epochs']} is shorter than "
-                            f"epochs={pre['epochs']}: the cosine schedule must cover every epoch trained")
-        norm = bench["data"].get("normalize")  # a declared benchmark may leave it to the data stage
-        if norm and len(norm["mean"]) != len(norm["std"]):
-            problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")
-        problems += _check_overrides(name, "methods", bench["methods"], params["methods"])
-        problems += _check_overrides(name, "score", bench["score"], params["score"])
-        ood_sets = ood_set_names(bench) + bench["data"].get("hard_ood_sets", [])
-        if not bench["data"]["ood_sets"]:
-            problems.append(f"benchmarks.{name}.data.ood_sets is empty: the benchmark needs at least one OOD set")
-        overlap = set(bench["data"]["ood_sets"]) & set(bench["data"].get("hard_ood_sets", []))
-        if overlap:
-            problems.append(f"benchmarks.{name}.data: {sorted(overlap)} listed in both ood_sets and hard_ood_sets")
-        if name in ood_sets:
-            problems.append(f"benchmarks.{name}.data lists {name!r}, its own in-distribution set, as OOD")
-        projection_ood = params["report"]["projection_ood"].get(name)
-        if projection_ood not in ood_sets:
-            problems.append(
-                f"report.projection_ood.{name}={projection_ood!r} is not an OOD set of "
-                f"benchmark {name!r} (valid: {ood_sets})"
-            )
-        n_classes = num_classes(name, bench)
-        bad = [c for c in params["report"]["projection_classes"] if n_classes is not None and c >= n_classes]
-        if bad:
-            problems.append(f"report.projection_classes {bad} out of range for {n_classes} ID classes of {name!r}")
+        problems += _check_benchmark(name, bench, params)
     if params["score"]["main"] not in params["score"]["scores"]:
-        problems.append(
-            f"score.main={params['score']['main']!r} is not in score.scores {params['score']['scores']}"
-        )
+        problems.append(f"score.main={params['score']['main']!r} is not in score.scores {params['score']['scores']}")
     problems += _check_pairing(params["score"], grid["methods"])
     if params["report"]["projection_seed"] not in grid["seeds"]:
-        problems.append(
-            f"report.projection_seed={params['report']['projection_seed']} is not in grid.seeds {grid['seeds']}"
-        )
-    if not problems:  # each benchmark's merged values must still satisfy the global sections' schema
-        schema = _schema()
-        for name in params["benchmarks"]:
-            merged = {"methods": {m: method_params(params, name, m) for m in params["methods"]},
-                      "score": score_params(params, name)}
-            for section, value in merged.items():
-                validator = jsonschema.Draft202012Validator({**schema["properties"][section], "$defs": schema["$defs"]})
-                for err in validator.iter_errors(value):
-                    problems.append(f"benchmarks.{name}.{section} overrides give an invalid {section} section: "
-                                    f"at {_where(err) if err.absolute_path else '(top level)'}: {err.message}")
+        problems.append(f"report.projection_seed={params['report']['projection_seed']} is not in grid.seeds "
+                        f"{grid['seeds']}")
+    if not problems:
+        problems = _check_merged(params)
     if problems:
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
 

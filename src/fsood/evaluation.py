@@ -14,7 +14,7 @@ import numpy as np
 
 from fsood import metrics as M
 from fsood import nc
-from fsood.scores import Detector, build_detector
+from fsood.detectors import Detector, build_detector
 
 FIT_SET = "id_train"  # the ID-train forward pass fitted detectors learn from
 NOT_OOD = ("id_test", FIT_SET)

@@ -19,37 +19,13 @@ from fsood.losses import (
     energy_oe_loss,
     oe_loss,
 )
+from fsood.records import METHOD_NAMES, METHOD_RECORDS
 
-METHODS = ("none", "oe", "energy_oe", "sep", "oe_clu", "oe_sep", "sep_energy", "dal")
-
-# Each method's loss as ({term: params key of its weight} besides CE (weight 1),
-# {term: key} that stage II (epoch >= stage2_epoch) adds):
-#   sep         the paper (Eq. 5 with the authors' code): CE + 0.5 OE, stage II + alpha L_clu + beta L_sep
-#   oe_clu      Table 5 "OE+Clu": stage II adds L_clu only
-#   oe_sep      Table 5 "OE+Sep": stage II adds L_sep only
-#   sep_energy  Table 9: the separation losses on top of Energy-OE instead of OE
-#   dal         DAL: OE on the DAL-perturbed outlier embeddings (DALAugmentation)
+# The methods, their loss terms and the keys their objectives read: one record each in fsood.records.
+METHODS = METHOD_NAMES
 LOSS_TERMS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "oe": ({"oe": "oe_weight"}, {}),
-    "energy_oe": ({"energy": "weight"}, {}),
-    "sep": ({"oe": "oe_weight"}, {"clu": "alpha", "sep": "beta"}),
-    "oe_clu": ({"oe": "oe_weight"}, {"clu": "alpha"}),
-    "oe_sep": ({"oe": "oe_weight"}, {"sep": "beta"}),
-    "sep_energy": ({"energy": "energy_weight"}, {"clu": "alpha", "sep": "beta"}),
-    "dal": ({"oe_aug": "oe_weight"}, {}),
-}
-
-# The keys make_objective reads from a method's params section (sep's weight_source is read by
-# the finetune stage, which picks weight_fn).
-CONFIG_KEYS: dict[str, tuple[str, ...]] = {
-    "oe": ("oe_weight",),
-    "energy_oe": ("weight", "m_in", "m_out"),
-    "sep": ("oe_weight", "alpha", "beta", "detach_weight", "mean_over_classes"),
-    "oe_clu": ("oe_weight", "alpha", "detach_weight", "mean_over_classes"),
-    "oe_sep": ("oe_weight", "beta", "detach_weight", "mean_over_classes"),
-    "sep_energy": ("energy_weight", "m_in", "m_out", "alpha", "beta", "detach_weight", "mean_over_classes"),
-    "dal": ("oe_weight", "gamma", "gamma_init", "beta", "rho", "iterations", "strength"),
-}
+    m.name: (m.stage1, m.stage2) for m in METHOD_RECORDS if m.name != "none"}
+CONFIG_KEYS: dict[str, tuple[str, ...]] = {m.name: m.config_keys for m in METHOD_RECORDS if m.name != "none"}
 
 # How the monitored cosine terms are taken where a method's params do not say (the authors' code).
 MONITOR_DEFAULTS = {"detach_weight": True, "mean_over_classes": False}

@@ -25,24 +25,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fsood import records
 from fsood.metrics import CONVENTIONS
 
 PAPER_RESULTS = Path(str(resources.files("fsood") / "paper_results.yaml"))
 
-BENCHMARKS = ("cifar10", "cifar100", "imagenet")
-METHODS = ("oe", "energy_oe", "dal", "sep", "oe_clu", "oe_sep")  # fsood names; `sep` is the paper's "Ours"
-SCORES = ("fs", "msp", "energy", "maxlogit", "abs_cos")  # fsood.scores names; `fs` is Eq. 6
+BENCHMARKS = records.PAPER_BENCHMARKS
+METHODS = records.PAPER_METHODS  # fsood names; `sep` is the paper's "Ours"
+SCORES = ("fs", "msp", "energy", "maxlogit", "abs_cos")  # fsood.detectors names; `fs` is Eq. 6
 METRICS = ("fpr95", "auroc")
-MAIN_SETS = {  # their mean is the paper's "Average"
-    "cifar10": ("svhn", "lsun_crop", "isun", "textures", "places365"),
-    "cifar100": ("svhn", "lsun_crop", "isun", "textures", "places365"),
-    "imagenet": ("inaturalist", "textures", "sun", "places"),
-}
-HARD_SETS = {  # Table 11 (CIFAR-10 only in the paper)
-    "cifar10": ("lsun_fix", "imagenet_resize", "cifar100", "tin"),
-    "cifar100": ("lsun_fix", "imagenet_resize", "cifar10", "tin"),
-    "imagenet": (),
-}
+MAIN_SETS = {b: records.BENCHMARKS[b].paper_sets for b in BENCHMARKS}  # their mean is the paper's "Average"
+HARD_SETS = {b: records.BENCHMARKS[b].paper_hard_sets for b in BENCHMARKS}  # Table 11
 REQUIRED = ("table", "method", "score", "set", "start", "fpr95", "auroc", "convention", "source")
 OPTIONAL = ("note",)
 STATUSES = ("measured", "not run", "not comparable", "not published")

@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -185,12 +186,14 @@ def _separation_panel(ax, data: pd.DataFrame, measure: str, methods: list[str], 
     for method, container in zip(methods, ax.containers):
         _label_above(ax, container, stats.loc[method].reindex(sets), "{:.2f}")
     title, ylabel = SEPARATION_PANELS[measure]
-    ax.set_ylim(min(0.0, float(data["value"].min()) - 0.05), 1.12)
+    top = float((stats["mean"] + stats["std"].fillna(0)).max())  # room for the error bars and their labels
+    ax.set_ylim(min(0.0, float(data["value"].min()) - 0.05), max(1.12, top + 0.12))
     ax.set(xlabel="", ylabel=ylabel)
     ax.axvspan(-0.5, 0.5, color="0.92", zorder=0)
     ax.set_title(f"{title}\nseparation wants OOD below ID test (shaded)", fontsize=10)
     ax.tick_params(axis="x", rotation=20)
-    ax.legend(title="method", loc="upper right", fontsize=7, title_fontsize=8, ncol=len(methods))
+    if ax.get_legend() is not None:  # one legend for all panels, above them (nc_and_separation): none over bars
+        ax.get_legend().remove()
 
 
 def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[str], sets: list[str],
@@ -220,7 +223,12 @@ def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[
     for ax in panels[len(measures):]:
         ax.axis("off")
     fig.suptitle(f"Neural Collapse and feature separation  {subtitle}".rstrip(), fontsize=13)
-    fig.tight_layout()
+    if measures:
+        colours = sns.color_palette("deep", len(methods))
+        handles = [Patch(color=c, label=m) for m, c in zip(methods, colours)]
+        fig.legend(handles=handles, title="method", loc="upper center", ncol=len(methods), frameon=False,
+                   bbox_to_anchor=(0.5, 0.955))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return fig
 
 

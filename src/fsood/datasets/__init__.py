@@ -6,12 +6,14 @@ analog), made by a builder chosen by name (``BUILDERS``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from fsood.io import atomic_path, load_npz, read_json, save_npz, write_json, write_text
+from fsood.records import BENCHMARK_RECORDS
 
 from . import cifar_paper, declared, digits, imagenet, registry
 from .image_files import ImageFiles, list_sha256
@@ -19,12 +21,12 @@ from .image_files import ImageFiles, list_sha256
 # name -> build(data cfg, fetch) -> (sets, manifest); fetch(source name) -> verified archive.
 # A set is {"x": uint8 (N, C, H, W), "y": int64} or, too large for memory (ImageNet),
 # {"files": [relative paths], "root": folder, "y": int64}: a list decoded lazily (ImageFiles).
-BUILDERS = {
-    "digits": lambda cfg, fetch: digits.build(cfg),
-    "cifar10": lambda cfg, fetch: cifar_paper.build("cifar10", cfg, fetch),
-    "cifar100": lambda cfg, fetch: cifar_paper.build("cifar100", cfg, fetch),
-    "imagenet": imagenet.build,
+_BUILD = {  # fsood.records' builder name -> build(benchmark, cfg, fetch)
+    "digits": lambda benchmark, cfg, fetch: digits.build(cfg),
+    "cifar_paper": cifar_paper.build,
+    "imagenet": lambda benchmark, cfg, fetch: imagenet.build(cfg, fetch),
 }
+BUILDERS = {b.name: functools.partial(_BUILD[b.builder], b.name) for b in BENCHMARK_RECORDS}
 
 
 def _array_sha256(arrays: dict) -> str:

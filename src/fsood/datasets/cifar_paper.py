@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from . import registry
+from .errors import DatasetError
 from .images import decode_all
-from .registry import DatasetError, get_source, iter_members
+from .readers import iter_members
+from .sources import get_source
 
 SIZE = 32
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import decode
-from .registry import DatasetError
+from .errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 

@@ -26,7 +26,8 @@ from PIL import Image
 from .errors import DatasetError
 from .image_files import IMAGE_SUFFIXES
 from .images import decode, decode_all, resize_center_crop
-from .registry import LAYOUTS, get_source, iter_members, sources
+from .readers import iter_members
+from .sources import LAYOUTS, get_source, sources
 
 Fetch = Callable[[str], Path]  # source name -> verified local archive
 

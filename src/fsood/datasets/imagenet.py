@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .cifar_paper import IMAGE_SUFFIXES, smallest_by_name
+from .errors import DatasetError
 from .image_files import list_images
 from .images import decode_all
-from .registry import DatasetError, get_source, iter_members
+from .readers import iter_members
+from .sources import get_source
 
 Fetch = Callable[[str], Path]
 ROOT_ENV = {"imagenet": "FSOOD_IMAGENET_ROOT", "imagenet21k": "FSOOD_IMAGENET21K_ROOT"}

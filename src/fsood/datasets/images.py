@@ -6,7 +6,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from .registry import DatasetError
+from .errors import DatasetError
 
 
 def resize_center_crop(img: Image.Image, size: int, resize: int | None = None) -> Image.Image:

@@ -3,7 +3,7 @@
 Reads only the cells that params.yaml's grid names (never a glob of results/: a stale cell
 must not slip in). Every input is loaded and checked before anything is written; each output
 is then written atomically. Torch is never imported: scores for the histograms are
-recomputed from the cache with ``fsood.scores`` (numpy / scipy only). The paper's published
+recomputed from the cache with ``fsood.detectors`` (numpy / scipy only). The paper's published
 numbers (``fsood.paper``) are set beside the measured ones in paper_comparison.md / .csv.
 """
 from __future__ import annotations

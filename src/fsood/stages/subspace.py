@@ -9,7 +9,7 @@ from fsood import contract, nc
 from fsood import runtime as rt
 from fsood.io import save_npz, write_json
 from fsood.stages.common import benchmark_data, load_model, normalization
-from fsood.train import forward_pass
+from fsood.inference import forward_pass
 
 log = logging.getLogger(__name__)
 

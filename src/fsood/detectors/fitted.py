@@ -1,6 +1,6 @@
-"""Post-hoc OOD scores fitted on ID training statistics, plus ODIN read from the cache.
+"""Post-hoc OOD scores fitted on ID training statistics: ReAct, KNN, Mahalanobis, ViM, NECO, NCI.
 
-Same convention as :mod:`fsood.scores`: **higher = more in-distribution**. Each detector
+Same convention as :mod:`fsood.detectors.base`: **higher = more in-distribution**. Each detector
 works on cached logits / penultimate features z / classifier (W, b), so the model runs once
 per dataset; ``fit(logits, features, labels, weight, bias)`` receives the ID-train forward
 pass of the *scored* model (``id_train__*`` in the cache). numpy only: the report stage
@@ -8,29 +8,13 @@ imports this without torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from fsood.scores import Detector, max_logit, register
-
-
-def _fitted():
-    """A dataclass field for state learnt in ``fit`` (not an option: no init, repr or compare)."""
-    return field(default=None, init=False, repr=False, compare=False)
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _check_classes(labels: np.ndarray, n_classes: int, who: str) -> None:
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
-    if len(counts) > n_classes or (counts == 0).any():
-        raise ValueError(f"{who}: ID-train labels must cover classes 0..{n_classes - 1} of W; "
-                         f"counts per label: {counts.tolist()}")
+from fsood.detectors.base import Detector, cached_pass, check_classes, fitted, register, unit_rows
+from fsood.detectors.basic import max_logit
 
 
 @register
@@ -46,8 +30,8 @@ class ReAct(Detector):
     percentile: float = 90.0
     name = "react"
     needs_fit = True
-    threshold: float | None = _fitted()
-    bias: np.ndarray | None = _fitted()
+    threshold: float | None = fitted()
+    bias: np.ndarray | None = fitted()
 
     def __post_init__(self):
         if not 0 < self.percentile <= 100:
@@ -84,8 +68,8 @@ class KNN(Detector):
     chunk_elements: int = 1 << 22  # similarities held at once (32 MiB of float64)
     name = "knn"
     needs_fit = True
-    bank: np.ndarray | None = _fitted()
-    k_used: int | None = _fitted()
+    bank: np.ndarray | None = fitted()
+    k_used: int | None = fitted()
 
     def __post_init__(self):
         if self.k < 1:
@@ -102,12 +86,12 @@ class KNN(Detector):
         if len(features) < self.k_used:
             raise ValueError(f"knn: k={self.k_used} exceeds the {len(features)} ID-train samples "
                              "(raise score.fit_samples or lower score.options.knn.k)")
-        self.bank = _unit_rows(features)
+        self.bank = unit_rows(features)
         return self
 
     def score(self, logits, features, weight):
         self._require_fit(self.bank)
-        z = _unit_rows(features)
+        z = unit_rows(features)
         n, k = len(self.bank), self.k_used
         rows = max(1, self.chunk_elements // n)
         kth = np.empty(len(z))
@@ -128,7 +112,7 @@ class Mahalanobis(Detector):
     (no ensemble over layers). ``epsilon`` > 0 adds Lee et al.'s input pre-processing, which the
     separation paper's authors run with magnitude 0.01: x~ = x - epsilon * sign(grad_x d_min(x)) / std_c
     (d_min the distance to the nearest class mean), then the score of f(x~). That needs input
-    gradients, so the score stage runs it in its own pass (``fsood.stages.score.mahalanobis_scores``)
+    gradients, so the score stage runs it in its own pass (``fsood.detectors.gradient.mahalanobis_scores``)
     and caches ``<set>__mahalanobis`` with ``mahalanobis_epsilon``; :meth:`score_set` reads them.
     :meth:`score` is the feature-only score (epsilon 0).
     """
@@ -136,8 +120,8 @@ class Mahalanobis(Detector):
     epsilon: float = 0.0
     name = "mahalanobis"
     needs_fit = True
-    means: np.ndarray | None = _fitted()
-    precision: np.ndarray | None = _fitted()
+    means: np.ndarray | None = fitted()
+    precision: np.ndarray | None = fitted()
 
     def __post_init__(self):
         if not 0 <= self.epsilon <= 1:
@@ -146,7 +130,7 @@ class Mahalanobis(Detector):
     def fit(self, logits, features, labels, weight, bias):
         z = np.asarray(features, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.int64)
-        _check_classes(labels, len(weight), "mahalanobis")
+        check_classes(labels, len(weight), "mahalanobis")
         self.means = np.stack([z[labels == c].mean(axis=0) for c in range(len(weight))])
         centred = z - self.means[labels]
         self.precision = np.linalg.pinv(centred.T @ centred / len(z), hermitian=True)
@@ -161,22 +145,7 @@ class Mahalanobis(Detector):
     def score_set(self, cache, name):
         if self.epsilon == 0:
             return super().score_set(cache, name)
-        return _cached_pass(cache, name, self.name, {"epsilon": self.epsilon})
-
-
-def _cached_pass(cache, name: str, score: str, settings: dict[str, float]) -> np.ndarray:
-    """``<name>__<score>`` from a cache whose extra input-gradient pass used exactly ``settings``
-    (stored as ``<score>_<setting>``); a clear error when the pass is missing or used other values."""
-    key = f"{name}__{score}"
-    stored = [f"{score}_{k}" for k in settings]
-    if key not in cache or any(k not in cache for k in stored):
-        raise ValueError(f"score {score!r} needs {key!r} in the cache, which only the score stage's {score} pass "
-                         f"writes: list {score} in score.scores and rerun the score stage")
-    used = tuple(float(np.asarray(cache[k]).item()) for k in stored)
-    if not np.allclose(used, tuple(settings.values()), rtol=1e-12, atol=0):
-        raise ValueError(f"the cache's {score} scores used ({', '.join(settings)})={used}, but "
-                         f"score.options.{score} asks for {tuple(settings.values())}: rerun the score stage")
-    return np.asarray(cache[key], dtype=np.float64)
+        return cached_pass(cache, name, self.name, {"epsilon": self.epsilon})
 
 
 def vim_dim(feature_dim: int) -> int:
@@ -199,9 +168,9 @@ class ViM(Detector):
     dim: int | None = None
     name = "vim"
     needs_fit = True
-    origin: np.ndarray | None = _fitted()
-    residual_basis: np.ndarray | None = _fitted()
-    alpha: float | None = _fitted()
+    origin: np.ndarray | None = fitted()
+    residual_basis: np.ndarray | None = fitted()
+    alpha: float | None = fitted()
 
     def fit(self, logits, features, labels, weight, bias):
         z = np.asarray(features, dtype=np.float64)
@@ -243,9 +212,9 @@ class NECO(Detector):
     maxlogit: bool = False
     name = "neco"
     needs_fit = True
-    mean: np.ndarray | None = _fitted()
-    scale: np.ndarray | None = _fitted()
-    components: np.ndarray | None = _fitted()
+    mean: np.ndarray | None = fitted()
+    scale: np.ndarray | None = fitted()
+    components: np.ndarray | None = fitted()
 
     def _standardized(self, features: np.ndarray) -> np.ndarray:
         return (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
@@ -286,7 +255,7 @@ class NCI(Detector):
     alpha: float = 1e-4
     name = "nci"
     needs_fit = True
-    global_mean: np.ndarray | None = _fitted()
+    global_mean: np.ndarray | None = fitted()
 
     def fit(self, logits, features, labels, weight, bias):
         self.global_mean = np.asarray(features, dtype=np.float64).mean(axis=0)
@@ -299,32 +268,3 @@ class NCI(Detector):
         w_pred = np.asarray(weight, dtype=np.float64)[np.asarray(logits).argmax(axis=1)]
         proximity = (centred * w_pred).sum(axis=1) / np.maximum(np.linalg.norm(centred, axis=1), 1e-12)
         return proximity + self.alpha * np.abs(z).sum(axis=1)
-
-
-def odin_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """max_c softmax(f(x~) / T)_c: ODIN's score once f has run on the perturbed input x~."""
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1).max(axis=1)
-
-
-@register
-@dataclass
-class ODIN(Detector):
-    """ODIN (Liang et al., ICLR 2018): max softmax at temperature T of a perturbed input.
-
-    x~ = x - eps * sign(-grad_x log S_yhat(x; T)) per channel divided by that channel's std,
-    on the normalised input, as the authors' code: a step of eps in [0, 1] pixel units. It
-    needs input gradients, so it cannot come from cached features: the score stage runs it
-    (``fsood.stages.score.odin_scores``) and stores ``<set>__odin`` with the T and eps used
-    (``odin_temperature``, ``odin_epsilon``); this detector reads those.
-    """
-
-    temperature: float = 1000.0
-    epsilon: float = 0.0014
-    name = "odin"
-
-    def score(self, logits, features, weight):
-        raise ValueError("odin needs input gradients, not cached logits: its scores are the cache's "
-                         "<set>__odin entries (use score_set(cache, name))")
-
-    def score_set(self, cache, name):
-        return _cached_pass(cache, name, self.name, {"temperature": self.temperature, "epsilon": self.epsilon})
