@@ -191,7 +191,7 @@ def direct_plan(params: dict) -> list[list[tuple[str, str]]]:
 
 
 def run_direct(ws: Path, args: argparse.Namespace, mirror: Path, params: dict) -> float:
-    """Without Snakemake (the GPU machine cannot carry it beside the archives: README): the same commands,
+    """Without Snakemake (the GPU machine cannot carry it beside the archives: docs/benchmarks.md): the same commands,
     stage by stage, ``--cells-per-gpu`` jobs of a stage at once. Returns the wall time."""
     why = "snakemake is not installed" if not has_snakemake() else "--runner direct"
     print(f"{why}: running the contract's commands directly, {args.cells_per_gpu} at once", flush=True)

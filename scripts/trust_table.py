@@ -1,8 +1,8 @@
-"""Write the README's "What we test against" table from the tests' trust markers.
+"""Write the "What we test against" table of docs/testing.md from the tests' trust markers.
 
     python scripts/trust_table.py [--check]
 
-``--check``: write nothing; exit 1 when README.md holds another table (tests/test_bad_inputs.py checks the same).
+``--check``: write nothing; exit 1 when docs/testing.md holds another table (tests/test_bad_inputs.py checks the same).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from trust_table import ROOT, readme_table, render, trust_counts  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs/testing.md"
     text = readme.read_text()
     old, new = readme_table(text), render(trust_counts())
     if "--check" in argv:

@@ -27,7 +27,7 @@ def test_unknown_attribute_raises():
 
 
 def test_drop_in_training_step_reduces_separation():
-    """The README's snippet: steps of Eq. 5 on a toy model push outlier features out of span(W)."""
+    """The snippet of docs/method.md: steps of Eq. 5 on a toy model push outlier features out of span(W)."""
     torch.manual_seed(0)
     model = fsood.SmallCNN(1, 3, width=8, feature_dim=16)
     criterion = fsood.FeatureSeparationLoss(oe_weight=0.5, alpha=1.0, beta=1.0)

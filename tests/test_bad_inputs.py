@@ -1,7 +1,7 @@
 """The battery of bad inputs: each is refused with a message that names the problem, and nothing
 partial is left (no output, no temp file, a previous output untouched).
 
-Every test of a class in the README's "What we test against" table carries
+Every test of a class in the "What we test against" table of docs/testing.md carries
 ``@pytest.mark.trust(kind=...)``, here and in the other test files; ``trust_counts()`` counts them
 per kind and ``test_readme_table_counts_match_the_marked_tests`` keeps the table honest. One kind:
 
@@ -338,4 +338,4 @@ def test_full_disk_during_a_folder_output_leaves_no_partial_folder(tmp_path, mon
 def test_readme_holds_the_trust_table_the_markers_make():
     """scripts/trust_table.py writes the table; this fails when a test was added or removed since."""
     table = render(trust_counts())
-    assert readme_table((ROOT / "README.md").read_text()) == table, "run python scripts/trust_table.py"
+    assert readme_table((ROOT / "docs/testing.md").read_text()) == table, "run python scripts/trust_table.py"

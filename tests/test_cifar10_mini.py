@@ -82,7 +82,7 @@ def test_real_archives_verify_from_the_mirror(mirror, tmp_path, monkeypatch):
         source = registry.get_source(name)
         path = registry.fetch(source, [], tmp_path / "downloads")
         assert path.parent == mirror and registry.verify(source, path) == "archive sha256"
-    dtd = registry.get_source("dtd10")  # the tree hash of ../shared/data/README.md, recomputed
+    dtd = registry.get_source("dtd10")  # its recorded tree hash, recomputed
     assert registry.tree_sha256(dtd, mirror / dtd.filename) == dtd.tree_sha256
     assert not (tmp_path / "downloads").exists()
 

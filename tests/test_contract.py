@@ -140,3 +140,10 @@ def test_readme_stage_table_lists_each_stages_declared_params():
         listed = re.findall(r"`([^`]+)`", cell)
         declared = [k.replace("{benchmark}", "B").replace("{method}", "M") for k in contract.stage(name).params]
         assert sorted(k for k in listed if k != "provenance.json") == sorted(declared), name
+
+
+def test_the_report_imports_no_torch():
+    """docs/architecture.md: the report reads caches with numpy only (no torch import, seconds saved a job)."""
+    code = "import sys, fsood.stages.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -153,14 +153,14 @@ def test_dvc_repro_gets_the_same_refusal(tmp_path):
 
 
 def test_readme_shows_the_real_error_for_a_misspelt_method(tmp_path):
-    """The README's example error is what `fsood validate` prints, word for word."""
+    """The example error in docs/method.md is what `fsood validate` prints, word for word."""
     import re
     import subprocess
     import sys
 
     from conftest import ROOT, edit_params, make_workspace
 
-    block = re.search(r"```\n(fsood: error: params.yaml is invalid.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    block = re.search(r"```\n(fsood: error: params.yaml is invalid.*?)\n```", (ROOT / "docs/method.md").read_text(), re.S)
     ws = make_workspace(tmp_path / "ws", git=False)
     edit_params(ws, **{"grid.methods": ["none", "sepp", "energy_oe", "sep"]})
     proc = subprocess.run([sys.executable, "-m", "fsood", "validate"], cwd=ws, capture_output=True, text=True)

@@ -1,5 +1,5 @@
-"""The README's worked example of a declared benchmark ("Your own benchmark"): the very block the
-README shows is valid params and builds its sets from the mirror."""
+"""The worked example of a declared benchmark ("Your own benchmark"): the very block the
+docs/benchmarks.md shows is valid params and builds its sets from the mirror."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +14,7 @@ from fsood.datasets.declared import class_names
 
 
 def readme_block() -> dict:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs/benchmarks.md").read_text()
     block = text.split("<!-- vehicles: begin -->", 1)[1].split("<!-- vehicles: end -->", 1)[0]
     return yaml.safe_load(block.split("```yaml", 1)[1].split("```", 1)[0])
 

@@ -1,9 +1,9 @@
-"""The README's "What we test against" table, made from the ``trust`` markers of the tests.
+"""The "What we test against" table of docs/testing.md, made from the ``trust`` markers of the tests.
 
 Each class of bad input or fault is a ``kind``; its tests carry ``@pytest.mark.trust(kind=...)``.
 :data:`KINDS` holds each row's prose (class, what the user sees, what is left on disk); the count
-column is what pytest collects. ``python scripts/trust_table.py`` writes the table into README.md;
-tests/test_bad_inputs.py fails when the README holds another table than :func:`render` writes.
+column is what pytest collects. ``python scripts/trust_table.py`` writes the table into docs/testing.md;
+tests/test_bad_inputs.py fails when docs/testing.md holds another table than :func:`render` writes.
 """
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ class Resources:
 
 # Snakemake's resources are integers: a GPU is GPU_SLOTS `gpu_slots`, and a GPU job of a benchmark with
 # `resources.cells_per_gpu: N` takes GPU_SLOTS // N of them a process, so that
-# `snakemake --resources gpu_slots=12` runs N such jobs at once on one GPU (README, "Several cells on one GPU").
+# `snakemake --resources gpu_slots=12` runs N such jobs at once on one GPU (docs/benchmarks.md, "Several cells on one GPU").
 GPU_SLOTS = 12
 
 
@@ -166,7 +166,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         params=("benchmarks.{benchmark}.data",),
         untracked=("datasets",),
         # package files the shipped benchmarks name (cifar10-mini's class lists); a user's own folders and
-        # class-list files are not tracked (README, "Your own benchmark")
+        # class-list files are not tracked (docs/benchmarks.md, "Your own benchmark")
         entry=("fsood.stages.data",), files=("datasets/sources.yaml", "datasets/tinyimagenet_cifar10_overlap.tsv",
                                              "datasets/tinyimagenet32_holdout40.txt"),
         resources=Resources(mem_mb=2000, runtime=30),
@@ -186,7 +186,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "subspace", "Stage 3: ID training features, NC1-NC4 and the basis of span(W).",
         ("benchmark", "seed"), "results/{benchmark}/subspace/seed{seed}",
         outputs={"features": Output("features.npz"), "basis": Output("basis.npz"),
-                 # by path: `dvc metrics show <path>` (README, "Comparing runs")
+                 # by path: `dvc metrics show <path>` (docs/pipeline.md, "Comparing runs at a glance")
                  "nc": Output("nc.json", cache=False)},
         inputs={"data": DATA, "model": Input("pretrain", "model")},
         params=(NORMALIZE, MODEL, "runtime"),

@@ -1,7 +1,7 @@
 # One rule a stage, each made from its contract in src/fsood/contract.py (the same contract writes
 # dvc.yaml): data -> pretrain -> subspace -> finetune -> score -> report. Each rule runs
 # `python -m fsood <stage> ...`, logs to logs/<stage>/<cell>.log, and reruns when a declared params
-# key, a file of its code or the content of an input changes (README, "Snakemake and DVC").
+# key, a file of its code or the content of an input changes (docs/pipeline.md, "What reruns after an edit").
 for _stage in contract.STAGES.values():
 
     rule:

@@ -18,7 +18,7 @@ Verification, in order:
 1. the published checksum of the file (md5 or sha256, with who publishes it);
 2. else or when that fails, the *tree* sha256 over the data members where the registry has
    one (GitHub ``archive/<commit>.tar.gz`` downloads are re-gzipped on demand, so their
-   bytes change while their content does not), defined as in ``../shared/data/README.md``:
+   bytes change while their content does not), defined as
    for every regular file under the data members, the line ``<sha256>  <path relative to the
    top folder>\\n``, lines sorted bytewise by path, and the sha256 of their concatenation;
 3. trust on first use where no full checksum is published anywhere (or only a prefix, as in
