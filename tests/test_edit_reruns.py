@@ -42,7 +42,7 @@ PARAM_EDITS = {  # one leaf of every params section (grid aside: it changes the 
     "datasets.download_dir": "data/elsewhere",  # where archives are looked up: reruns nothing
 }
 CODE_EDITS = ["stages/data.py", "datasets/synthetic.py", "stages/pretrain.py", "nc.py", "losses.py",
-              "stages/finetune.py", "scores.py", "plots.py", "paper_results.yaml"]
+              "stages/finetune.py", "detectors/basic.py", "plots.py", "paper_results.yaml"]
 
 
 def sh(ws, *cmd, check=True):

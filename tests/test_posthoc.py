@@ -408,9 +408,10 @@ def test_metric_groups_from_the_manifest():
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"scores": ["fs", "odin", "knn"]}, None),
+    ({"scores": ["fs", "msp", "odin", "knn"]}, None),  # fs and msp: the scores score.pairing names
     ({"fit_samples": None}, None),
-    ({"main": "vim", "scores": ["vim"]}, None),
+    ({"main": "vim", "scores": ["vim", "fs", "msp"]}, None),
+    ({"scores": ["fs", "odin"]}, "score.pairing pairs method"),  # a paired score left out is named
     ({"options.knn.metric": "cosine"}, "'metric' was unexpected"),
     ({"options.lof": {}}, "'lof' was unexpected"),
     ({"options.react.percentile": 0}, "score.options.react.percentile"),
