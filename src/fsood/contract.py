@@ -146,13 +146,13 @@ class Stage:
         return _code_hash(tuple(self.code_files()))
 
 
-# The harness every stage runs through; none of it computes an output (argument parsing, logging,
-# the workspace lock, this contract), so an edit of it reruns nothing. What it reads, params.yaml and
-# the files named here, is declared stage by stage.
 # Packages whose modules import one another so tightly (``datasets/__init__`` imports every builder) that a
 # stage entering one runs it all: a stage depends on the folder, one DVC dep in place of a dozen (every
 # dep costs `dvc status` time on each of the grid's stages, benchmarks/dag_time.py).
 WHOLE_PACKAGES = ("datasets",)
+# The harness every stage runs through; none of it computes an output (argument parsing, logging,
+# the workspace lock, this contract), so an edit of it reruns nothing. What it reads, params.yaml and
+# the files named here, is declared stage by stage.
 HARNESS = ("fsood.__main__", "fsood.cli", "fsood.lock", "fsood.contract", "fsood.rebuild")
 NORMALIZE = "benchmarks.{benchmark}.data.normalize"
 MODEL = "benchmarks.{benchmark}.model"
