@@ -296,11 +296,11 @@ def overlaps(template: str, key: str) -> bool:
 
 # ---------------------------------------------------------------------------- inputs and jobs
 
-def cells_of(stage_: Stage, params: dict, benchmark: str | None = None) -> list[dict]:
-    """Every wildcard combination of ``stage_`` in the grid (optionally one benchmark's)."""
+def cells_of(stage_: Stage, params: dict) -> list[dict]:
+    """Every wildcard combination of ``stage_`` in the grid."""
     grid = params["grid"]
-    values = [[benchmark] if w == "benchmark" and benchmark else grid[GRID_KEYS[w]] for w in stage_.wildcards]
-    return [dict(zip(stage_.wildcards, combo)) for combo in itertools.product(*values)]
+    return [dict(zip(stage_.wildcards, combo))
+            for combo in itertools.product(*[grid[GRID_KEYS[w]] for w in stage_.wildcards])]
 
 
 def input_paths(stage_: Stage, params: dict, tracked: bool = False, **wildcards) -> dict[str, list[str]]:
