@@ -33,9 +33,10 @@ MONITOR_DEFAULTS = {"detach_weight": True, "mean_over_classes": False}
 DAL_INIT_SCALE = 1e-4  # the DAL code starts the search from delta ~ U(0, 1e-4) per element
 
 
-def pretrain_objective():
+def pretrain_objective(label_smoothing: float = 0.0):
+    """Cross-entropy; label smoothing (the fast recipe's, fsood.recipe) mixes the one-hot target with uniform."""
     def objective(logits, z, labels, epoch):
-        ce = F.cross_entropy(logits, labels)
+        ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         return ce, {"ce": ce}
 
     return objective

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsood.compact_net import CompactNet
+
 
 class FeatureClassifier(nn.Module):
     """Backbone -> z -> fc. Subclasses define ``self.backbone`` and ``self.fc``."""
@@ -98,11 +100,11 @@ class ResNet50(FeatureClassifier):
         self.backbone = net
 
 
-ARCHS = ("small_cnn", "wrn", "resnet50")
+ARCHS = ("small_cnn", "wrn", "resnet50", "compact")
 
 
 def build_model(cfg: dict, in_channels: int, num_classes: int) -> FeatureClassifier:
-    """Model from a params ``model`` section: ``{arch: small_cnn|wrn|resnet50, ...}``."""
+    """Model from a params ``model`` section: ``{arch: small_cnn|wrn|resnet50|compact, ...}``."""
     arch = cfg["arch"]
     if arch == "small_cnn":
         return SmallCNN(in_channels, num_classes, cfg["width"], cfg["feature_dim"], cfg["dropout"])
@@ -110,6 +112,8 @@ def build_model(cfg: dict, in_channels: int, num_classes: int) -> FeatureClassif
         return WideResNet(in_channels, num_classes, cfg["depth"], cfg["widen"], cfg["dropout"])
     if arch == "resnet50":
         return ResNet50(in_channels, num_classes, cfg["dropout"])
+    if arch == "compact":
+        return CompactNet(in_channels, num_classes, tuple(cfg["widths"]), cfg["flip_average"])
     raise ValueError(f"unknown model arch {arch!r}; valid: {list(ARCHS)}")
 
 

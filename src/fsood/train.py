@@ -34,6 +34,7 @@ from fsood.augment import AugmentDraws, apply_augment, augment_batch, draw_augme
 from fsood.batches import Rows, check_shards, fetch_step
 from fsood.inference import ImageSet, forward_pass, host_rows, normalizer
 from fsood.losses import cosine_to_classes
+from fsood.recipe import cosine_lr, lr_at, param_groups
 from fsood.resume import RESUME_DIR, RESUME_FORMAT, Resume, load_resume, save_resume, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,6 @@ def schedule_steps(cfg: dict, steps_per_epoch: int) -> int:
         raise ValueError(f"schedule_epochs={length} is shorter than epochs={cfg['epochs']}: the cosine schedule "
                          "must cover every epoch trained (set schedule_epochs >= epochs)")
     return steps_per_epoch * length
-
-
-def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
-    """Cosine annealing per step from lr to lr_min (the OE code's LambdaLR)."""
-    return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
 
 
 @dataclass
@@ -133,8 +129,9 @@ def _inputs(run: _Run, fetched: tuple) -> tuple[Tensor, Tensor]:
 def _step(run: _Run, inputs: Tensor, labels: Tensor, epoch: int, i: int, step: int) -> tuple[Tensor, Tensor, Tensor,
                                                                                             dict[str, Tensor]]:
     """One SGD step at global step ``step``: (logits, features, loss, terms)."""
+    base_lr = lr_at(step, run.total_steps, run.cfg)
     for group in run.opt.param_groups:
-        group["lr"] = cosine_lr(step, run.total_steps, run.cfg["lr"], run.cfg["lr_min"])
+        group["lr"] = base_lr * group["lr_scale"]
     with rt.autocast(run.runtime, run.device):
         logits, z = run.net(inputs, return_features=True)
     logits, z = logits.float(), z.float()
@@ -194,8 +191,10 @@ def train(
     desc: str = "train",
     ctx: dist.Context = dist.SINGLE,
     resume: Resume | None = None,
+    after_epoch: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
-    """SGD (Nesterov) with per-step cosine LR; one outlier batch zipped with each ID batch.
+    """SGD (Nesterov) with a per-step LR (fsood.recipe: cosine, or the fast recipe's); one outlier batch
+    zipped with each ID batch.
 
     Returns one history row per epoch: LR, every loss term, ID train accuracy and the
     mean |cos(z, w_i)| of outlier features (how far they reach into span(W)); with several
@@ -210,6 +209,8 @@ def train(
     rank's), step counter, history and the objective's ``state_dict()`` (DAL's gamma) there; on start,
     continue after the epoch a matching file holds. A corrupt, foreign or stale file is ignored with a
     warning and deleted. Resumed on the same device and thread count, the run ends with the same bytes.
+
+    ``after_epoch(epoch, row)``: called after each epoch (and its resume file), e.g. to evaluate the model.
     """
     gen = torch.Generator().manual_seed(seed)
     xs, xo = Rows(id_x, device), None if outlier_x is None else Rows(outlier_x, device)
@@ -222,8 +223,7 @@ def train(
     if state is not None:  # before the DDP wrapper, which broadcasts rank 0's weights when built
         model.load_state_dict(state["model"])
     net = dist.wrap(model, ctx, device)  # forward through DDP; model.fc stays the classifier
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                          nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+    opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
     run = _Run(model, net, opt, gen, objective, cfg, runtime, device, ctx, normalizer(norm, device), xs,
                torch.from_numpy(id_y).to(device), xo, bs_in, 0 if xo is None else cfg["outlier_batch_size"],
                steps_per_epoch, total_steps, desc)
@@ -245,6 +245,8 @@ def train(
                 log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 5) for k, v in row.items()})
             if resume is not None:
                 save_resume(resume, model, opt, gen, objective, epoch, step, history, ctx, device, desc)
+            if after_epoch is not None:  # e.g. benchmarks/pretrain_recipes.py's test accuracy; must not train
+                after_epoch(epoch, row)
     dist.broadcast_buffers(model, ctx)
     return history
 

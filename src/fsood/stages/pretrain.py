@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+import torch
+
 from fsood import distributed as dist
 from fsood import contract
 from fsood import runtime as rt
+from fsood.inference import normalizer
 from fsood.io import save_state_dict
 from fsood.methods import pretrain_objective
 from fsood.stages.common import benchmark_data, model_for, normalization, published_checkpoint, write_history
 from fsood.train import Resume, train
 
 log = logging.getLogger(__name__)
+
+WHITENING_IMAGES = 5000  # as many as airbench whitens with (its first 5,000; here every k-th, over all classes)
 
 
 def run(params: dict, benchmark: str, seed: int) -> None:
@@ -35,13 +41,25 @@ def run(params: dict, benchmark: str, seed: int) -> None:
         return
     device = rt.configure(params["runtime"], seed)
     x, y = data.load("id_train")
-    model = rt.prepare_model(model_for(params, benchmark, data), params["runtime"], device)
+    norm = normalization(params, benchmark, data)
+    model = model_for(params, benchmark, data)
+    if hasattr(model, "init_whitening"):  # CompactNet: its first layer whitens the training images' patches
+        model.init_whitening(whitening_sample(x, norm))
+    model = rt.prepare_model(model, params["runtime"], device)
     resume = resume_for(params, benchmark, seed)
-    history = train(model, x, y, bench["pretrain"], params["runtime"], device, normalization(params, benchmark, data),
-                    pretrain_objective(), seed, desc=f"pretrain {benchmark} seed {seed}", resume=resume)
+    fast = bench["pretrain"]["fast_recipe"] or {}
+    history = train(model, x, y, bench["pretrain"], params["runtime"], device, norm,
+                    pretrain_objective(fast.get("label_smoothing", 0.0)), seed,
+                    desc=f"pretrain {benchmark} seed {seed}", resume=resume)
     write_history(out["history"], history)
     save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
     resume.clear()  # only now: a kill before the outputs are in place still resumes
+
+
+def whitening_sample(x: np.ndarray, norm: dict, n: int = WHITENING_IMAGES) -> torch.Tensor:
+    """``n`` training images spread evenly over the set (every k-th), as normalised model inputs."""
+    step = max(1, len(x) // n)
+    return normalizer(norm, torch.device("cpu"))(torch.as_tensor(np.asarray(x[::step][:n])))
 
 
 def resume_for(params: dict, benchmark: str, seed: int) -> Resume:
