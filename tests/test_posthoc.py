@@ -22,7 +22,8 @@ from fsood.evaluation import cache_sets, fitted_detector, metrics_from_cache, sc
 from fsood.detectors import KNN, NCI, NECO, ODIN, Mahalanobis, ReAct, ViM, vim_dim
 from fsood.detectors import DETECTORS, build_detector, msp
 from fsood.detectors.gradient import mahalanobis_scores, odin_scores
-from fsood.stages.score import fit_subset, metric_groups
+from fsood.stages.score import metric_groups
+from fsood.subsets import balanced_subset as fit_subset
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 FITTED = ["react", "knn", "mahalanobis", "vim", "neco", "nci"]

@@ -7,6 +7,7 @@ Rank 0 alone writes the history and the checkpoint. Training saves a resume file
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fsood import distributed as dist
@@ -16,6 +17,7 @@ from fsood.config import method_params
 from fsood.io import load_npz, save_state_dict, write_bytes
 from fsood.methods import make_objective
 from fsood.stages.common import benchmark_data, load_model, normalization, write_history
+from fsood.subsets import balanced_subset
 from fsood.train import Resume, check_shards, train
 
 
@@ -60,6 +62,19 @@ def build_objective(params: dict, benchmark: str, method: str, seed: int, model:
     return make_objective(method, mcfg, stage2_epoch, weight_fn, head_fn=lambda: model.fc, seed=seed)
 
 
+def id_train_subset(data, cap: int | None):
+    """The ID images fine-tuning trains on: all, or a fixed class-balanced ``finetune.id_samples`` of them
+    (the same for every cell, so cells differ by their seed only)."""
+    x, y = data.load("id_train")
+    if cap is None or cap >= len(y):
+        return x, y
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"finetune.id_samples={cap} needs an ID set held as an array; this one is decoded lazily "
+                         "(set id_samples: null)")
+    keep = balanced_subset(y, cap)
+    return x[keep], y[keep]
+
+
 def resume_for(params: dict, benchmark: str, method: str, seed: int, world_size: int) -> Resume:
     """The cell's resume file, keyed by the stage's declared params and input files and the number of ranks."""
     return Resume.for_job("finetune", params, {"world_size": world_size}, benchmark=benchmark, method=method,
@@ -76,7 +91,7 @@ def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed:
     data = benchmark_data(benchmark)
     model = rt.prepare_model(load_model(params, benchmark, data, pre["model"]), params["runtime"], device)
     objective = build_objective(params, benchmark, method, seed, model, device)
-    x, y = data.load("id_train")
+    x, y = id_train_subset(data, bench["finetune"]["id_samples"])
     outliers, _ = data.load("outliers")
     resume = resume_for(params, benchmark, method, seed, ctx.world_size)
     with dist.process_group(ctx, backend, device):

@@ -22,30 +22,12 @@ from fsood.inference import forward_pass
 from fsood.io import save_npz, write_json, write_text
 from fsood.metrics import roc_points
 from fsood.stages.common import benchmark_data, load_model, normalization
+from fsood.subsets import SUBSET_SEED, balanced_subset
 
 log = logging.getLogger(__name__)
 
-FIT_SUBSET_SEED = 0  # the same ID-train subset for every cell of a benchmark
+FIT_SUBSET_SEED = SUBSET_SEED  # the same ID-train subset for every cell of a benchmark
 ROC_POINTS = 200  # points of roc.csv: enough for a smooth curve, a few kB a cell
-
-
-def fit_subset(labels: np.ndarray, cap: int | None, seed: int = FIT_SUBSET_SEED) -> np.ndarray:
-    """Sorted indices of a class-balanced, seeded subset of at most ``cap`` samples (None: all).
-
-    Each class is shuffled with ``seed``; samples are then taken by rank within their class
-    (every class's first, then every class's second, ...), so class counts differ by at most
-    one unless a class runs out.
-    """
-    labels = np.asarray(labels)
-    if cap is None or cap >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    rank = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        rank[rng.permutation(members)] = np.arange(len(members))
-    order = np.lexsort((labels, rank))  # by rank, then class
-    return np.sort(order[:cap])
 
 
 def _gradient_passes(model, x, runtime, device, norm, score_cfg: dict, maha: Mahalanobis | None) -> dict:
@@ -77,7 +59,7 @@ def build_cache(params: dict, benchmark: str, method: str, seed: int) -> dict[st
         x, y = data.load(name)
         if name == FIT_SET:
             cache[TRAIN_SIZE] = np.int64(len(y))
-            keep = fit_subset(y, score_cfg["fit_samples"])
+            keep = balanced_subset(y, score_cfg["fit_samples"], FIT_SUBSET_SEED)
             x, y = x[keep], y[keep]
         cache[f"{name}__logits"], cache[f"{name}__features"] = forward_pass(model, x, params["runtime"], device, norm)
         cache[f"{name}__labels"] = y
