@@ -103,3 +103,15 @@ def test_slurm_dry_run_of_the_paper_grid_requests_gpus_per_ddp_process(tmp_path)
     assert len(jobs) == 3 * 8 * 3
     assert jobs[("imagenet", "sep", "0")] == 4 and jobs[("cifar10", "sep", "0")] == 1
     assert jobs[("imagenet", "none", "0")] == 0  # `none` copies the pretrained model: no GPU
+
+
+def test_a_benchmarks_runtime_threads_reach_its_training_jobs(tmp_path):
+    """`benchmarks.<b>.runtime.threads` is the `threads:` of that benchmark's pretrain and finetune jobs
+    (Snakemake exports it as OMP_NUM_THREADS, which fsood.runtime.configure passes to torch)."""
+    ws = make_workspace(tmp_path / "ws")
+    edit_params(ws, **{"benchmarks.digits.runtime": {"threads": 2}, "grid.methods": ["oe"], "grid.seeds": [0]})
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--cores", "2", "all"], cwd=ws,
+                         check=True, capture_output=True, text=True).stdout
+    threads = {block.split(":", 1)[0]: re.search(r"^\s+threads: (\d+)$", block, re.M) for block in out.split("\nrule ")[1:]}
+    assert {rule: m and int(m.group(1)) for rule, m in threads.items()} == {
+        "data": None, "pretrain": 2, "subspace": None, "finetune": 2, "score": None, "report": None, "all": None}

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from fsood.config import ParamsError, check_cell, load_params
+from fsood.config import ParamsError, check_cell, for_benchmark, load_params
 from fsood.contract import STAGES
 from fsood.lock import WorkspaceBusy, check_orchestrator
 
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("fsood %s %s", args.command, kwargs)
     start = time.perf_counter()
     try:
-        importlib.import_module(f"fsood.stages.{args.command}").run(params, **kwargs)
+        # a stage sees `runtime` with its benchmark's overrides (benchmarks.<b>.runtime) applied
+        importlib.import_module(f"fsood.stages.{args.command}").run(for_benchmark(params, args.benchmark), **kwargs)
     except (OSError, ValueError, RuntimeError, FloatingPointError) as err:  # OSError: FileNotFound, disk full
         log.error("%s failed: %s", args.command, err)
         print(f"fsood: error: {err}", file=sys.stderr)

@@ -109,6 +109,16 @@ def score_params(params: dict, benchmark: str) -> dict:
     return _merged(params["score"], params["benchmarks"][benchmark]["score"])
 
 
+def runtime_params(params: dict, benchmark: str) -> dict:
+    """The ``runtime`` section with the benchmark's overrides (``benchmarks.<b>.runtime``) applied."""
+    return _merged(params["runtime"], params["benchmarks"][benchmark]["runtime"])
+
+
+def for_benchmark(params: dict, benchmark: str) -> dict:
+    """``params`` as a stage of ``benchmark`` sees them: ``runtime`` with the benchmark's overrides."""
+    return {**params, "runtime": runtime_params(params, benchmark)}
+
+
 def _check_overrides(name: str, section: str, overrides: dict, defaults: dict) -> list[str]:
     """An override may only change an existing key, to a value of the same type."""
     problems = []
@@ -159,6 +169,7 @@ def _check_benchmark(name: str, bench: dict, params: dict) -> list[str]:
         problems.append(f"benchmarks.{name}.data.normalize: mean and std differ in length")
     problems += _check_overrides(name, "methods", bench["methods"], params["methods"])
     problems += _check_overrides(name, "score", bench["score"], params["score"])
+    problems += _check_overrides(name, "runtime", bench["runtime"], params["runtime"])
     ood_sets = ood_set_names(bench) + bench["data"].get("hard_ood_sets", [])
     if not bench["data"]["ood_sets"]:
         problems.append(f"benchmarks.{name}.data.ood_sets is empty: the benchmark needs at least one OOD set")
@@ -183,7 +194,7 @@ def _check_merged(params: dict) -> list[str]:
     problems, schema = [], _schema()
     for name in params["benchmarks"]:
         merged = {"methods": {m: method_params(params, name, m) for m in params["methods"]},
-                  "score": score_params(params, name)}
+                  "score": score_params(params, name), "runtime": runtime_params(params, name)}
         for section, value in merged.items():
             validator = jsonschema.Draft202012Validator({**schema["properties"][section], "$defs": schema["$defs"]})
             for err in validator.iter_errors(value):

@@ -61,7 +61,7 @@ class Input:
 
 @dataclass(frozen=True)
 class Resources:
-    threads: int | str = 1  # a number, or "runtime.threads"
+    threads: int | str = 1  # a number, or "runtime.threads" (the benchmark's override where it has one)
     mem_mb: int = 2000
     runtime: int = 60  # minutes
     gpu: bool = False  # one GPU a process when runtime.device is cuda or auto (and gpu_slots, below)
@@ -157,6 +157,7 @@ HARNESS = ("fsood.__main__", "fsood.cli", "fsood.lock", "fsood.contract", "fsood
 NORMALIZE = "benchmarks.{benchmark}.data.normalize"
 MODEL = "benchmarks.{benchmark}.model"
 DATA = Input("data", "data")
+RUNTIME = "benchmarks.{benchmark}.runtime"  # the benchmark's overrides of `runtime` (fsood.config.runtime_params)
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage(
@@ -177,7 +178,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         outputs={"model": Output("model.pt"),
                  "history": Output("history.csv", kind="plots", cache=False, plot=("epoch", "total"))},
         inputs={"data": DATA},
-        params=(NORMALIZE, MODEL, "benchmarks.{benchmark}.pretrain", "runtime"),
+        params=(NORMALIZE, MODEL, "benchmarks.{benchmark}.pretrain", "runtime", RUNTIME),
         untracked=("datasets",),
         entry=("fsood.stages.pretrain",), files=("datasets/sources.yaml",),
         resources=Resources(threads="runtime.threads", mem_mb=4000, runtime=240, gpu=True),
@@ -189,7 +190,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                  # by path: `dvc metrics show <path>` (docs/pipeline.md, "Comparing runs at a glance")
                  "nc": Output("nc.json", cache=False)},
         inputs={"data": DATA, "model": Input("pretrain", "model")},
-        params=(NORMALIZE, MODEL, "runtime"),
+        params=(NORMALIZE, MODEL, "runtime", RUNTIME),
         entry=("fsood.stages.subspace",),
         resources=Resources(mem_mb=4000, runtime=60, gpu=True),
     ),
@@ -201,7 +202,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         inputs={"data": DATA, "pretrained": Input("pretrain", "model"),
                 "pretrain_history": Input("pretrain", "history"), "basis": Input("subspace", "basis")},
         params=(NORMALIZE, MODEL, "benchmarks.{benchmark}.finetune", "methods.{method}",
-                "benchmarks.{benchmark}.methods", "runtime"),
+                "benchmarks.{benchmark}.methods", "runtime", RUNTIME),
         entry=("fsood.stages.finetune",),
         resources=Resources(threads="runtime.threads", mem_mb=4000, runtime=480, gpu=True),
     ),
@@ -216,7 +217,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                  "provenance": Output("provenance.json", cache=False)},
         inputs={"data": DATA, "model": Input("finetune", "model")},
         # its own keys, then the finetune keys provenance.json records (`fsood rebuild` reruns both)
-        params=(NORMALIZE, MODEL, "score", "benchmarks.{benchmark}.score", "runtime",
+        params=(NORMALIZE, MODEL, "score", "benchmarks.{benchmark}.score", "runtime", RUNTIME,
                 "benchmarks.{benchmark}.finetune", "methods.{method}", "benchmarks.{benchmark}.methods"),
         entry=("fsood.stages.score",),
         resources=Resources(mem_mb=4000, runtime=60, gpu=True),
@@ -246,7 +247,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                 "benchmarks.{benchmark}.notes",
                 # what the cells started from, named in the paper comparison
                 "benchmarks.{benchmark}.pretrain.checkpoint", "benchmarks.{benchmark}.pretrain.epochs",
-                "benchmarks.{benchmark}.pretrain.schedule_epochs",
+                "benchmarks.{benchmark}.pretrain.schedule_epochs", "benchmarks.{benchmark}.pretrain.fast_recipe",
                 "benchmarks.{benchmark}.finetune.stage2_epoch"),
         entry=("fsood.stages.report",), files=("paper_results.yaml",),
         resources=Resources(mem_mb=2000, runtime=30),

@@ -113,7 +113,7 @@ def runtime_state(runtime: dict) -> dict:
     """Device, threads and determinism flags as the process has them now (call after runtime.configure)."""
     import torch
 
-    from fsood.runtime import device_type
+    from fsood.runtime import device_type, precision
 
     device = device_type(runtime["device"])
     return {
@@ -121,7 +121,7 @@ def runtime_state(runtime: dict) -> dict:
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.machine(),
         "cuda": torch.version.cuda if device == "cuda" else None,
         "threads": torch.get_num_threads(),
-        "precision": runtime["precision"],
+        "precision": precision(runtime, torch.device(device)),  # 'auto' resolved on this machine
         "channels_last": runtime["channels_last"],
         "determinism": {
             "runtime.deterministic": runtime["deterministic"],

@@ -53,7 +53,9 @@ def stage_threads(stage):
     """`threads:` reaches torch.set_num_threads (Snakemake exports it as OMP_NUM_THREADS); a DDP
     fine-tuning job takes at least one thread a process."""
     def threads(wildcards):
-        n = config["runtime"]["threads"] if stage.resources.threads == "runtime.threads" else stage.resources.threads
+        n = stage.resources.threads
+        if n == "runtime.threads":  # the benchmark's override (benchmarks.<b>.runtime.threads), else the global one
+            n = config["benchmarks"][wildcards.benchmark]["runtime"].get("threads", config["runtime"]["threads"])
         if stage.name == "finetune":
             n = max(n, processes(wildcards.benchmark))
         return n

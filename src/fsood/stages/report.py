@@ -302,8 +302,9 @@ def start_description(pretrain: dict) -> str:
     """What the benchmark's cells start from: a registry checkpoint, or the schedule trained here."""
     if pretrain["checkpoint"]:
         return f"`{pretrain['checkpoint']}`"
+    schedule = "warmup-then-linear (the fast recipe)" if pretrain["fast_recipe"] else "cosine"
     return (f"a CE model trained here, stopped after epoch {pretrain['epochs']} of a "
-            f"{pretrain['schedule_epochs']}-epoch cosine schedule")
+            f"{pretrain['schedule_epochs']}-epoch {schedule} schedule")
 
 
 def _nc_frame(nc_train: dict) -> pd.DataFrame:
