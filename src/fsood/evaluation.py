@@ -122,5 +122,8 @@ def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
     }
     result["nc_id_test"] = {k: round(v, 6) for k, v in nc.nc_metrics(
         cache["id_test__features"], labels, cache["fc_weight"], cache["fc_bias"]).items()}
+    if "id_train__features" in cache:  # the fine-tuned model's NC on its ID-train sample (the summary's table)
+        result["nc_id_train"] = {k: round(v, 6) for k, v in nc.nc_metrics(
+            cache["id_train__features"], cache["id_train__labels"], cache["fc_weight"], cache["fc_bias"]).items()}
     result["convention"] = M.describe_convention(score_cfg["convention"], score_cfg["tpr"])
     return result
