@@ -23,13 +23,15 @@ import yaml
 class Tracked(dict):
     """A dict that records the dotted path of every value read from it (nested dicts come back tracked)."""
 
-    def __init__(self, data: dict, path: str, log: set[str]):
+    def __init__(self, data: dict, path: str, log: set[str], aliases: dict[str, str] | None = None):
         super().__init__(data)
-        self._path, self._log = path, log
+        self._path, self._log, self._aliases = path, log, aliases or {}
 
     def _wrap(self, key, value):
         path = f"{self._path}.{key}" if self._path else str(key)
         self._log.add(path)
+        if path in self._aliases:  # a value merged from two keys: reading it reads both
+            self._log.add(self._aliases[path])
         return Tracked(value, path, self._log) if isinstance(value, dict) and not isinstance(value, Tracked) else value
 
     def __getitem__(self, key):
@@ -60,6 +62,14 @@ class Tracked(dict):
         return dict, (self.copy(),)
 
 
+def _merged_overrides(defaults: dict, overrides: dict) -> dict:
+    """``overrides`` laid over ``defaults`` key by key (nested mappings merged), as fsood.config does."""
+    out = dict(defaults)
+    for key, value in overrides.items():
+        out[key] = _merged_overrides(defaults[key], value) if isinstance(value, dict) else value
+    return out
+
+
 def leaves(paths: set[str]) -> list[str]:
     return sorted(p for p in paths if not any(q.startswith(p + ".") for q in paths))
 
@@ -82,7 +92,12 @@ def main() -> None:
                 opened.add(path.relative_to(package).as_posix())
 
     log: set[str] = set()
-    params = Tracked(yaml.safe_load(Path("params.yaml").read_text()), "", log)
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    # as fsood.cli runs a stage: `runtime` with the benchmark's overrides merged in (fsood.config.for_benchmark,
+    # computed here on the plain dict so that merging reads nothing); a stage reading `runtime` reads both
+    merged = _merged_overrides(raw["runtime"], raw["benchmarks"][args.benchmark]["runtime"])
+    params = Tracked({**raw, "runtime": merged}, "", log,
+                     aliases={"runtime": f"benchmarks.{args.benchmark}.runtime"})
     import importlib.util
 
     package = Path(importlib.util.find_spec("fsood").submodule_search_locations[0]).resolve()
