@@ -257,7 +257,7 @@ def collect(ws: Path, out: Path, timing: dict, header: list[str]) -> str:
     for name in ("summary.md", "summary.json"):
         shutil.copyfile(reports / name, out / name)
     metrics = {m: json.loads((results / m / "seed0" / "metrics.json").read_text()) for m in METHODS}
-    nc = json.loads((results / "subspace" / "seed0" / "nc.json").read_text())
+    nc = json.loads((results / "subspace" / "nc.json").read_text())
     write_json(out / "metrics.json", metrics)
     write_json(out / "nc.json", nc)
     write_json(out / "timings.json", timing)

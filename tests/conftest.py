@@ -52,7 +52,7 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def digits_upstream(tmp_path_factory) -> Path:
-    """The TINY digits data, pretrain and subspace of seed 0, built once per session (tests/upstream.py);
+    """The TINY digits data, pretrain and subspace, built once per session (tests/upstream.py);
     start from ``upstream.clone_upstream(digits_upstream, dest)``, never write into it."""
     from upstream import build_upstream
 

@@ -33,7 +33,7 @@ from fsood.models import build_model
 
 trust = pytest.mark.trust
 CELL = "results/digits/oe/seed0"
-PRETRAINED = "results/digits/pretrain/seed0/model.pt"
+PRETRAINED = "results/digits/pretrain/model.pt"
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -68,7 +68,7 @@ def cell(digits_ws, monkeypatch) -> Path:
     fsood_io.save_state_dict(digits_ws / PRETRAINED, _model().state_dict())
     # the stage's other declared inputs (fsood.contract): the pretraining curve and the subspace basis
     (digits_ws / PRETRAINED).with_name("history.csv").write_text("epoch\n0\n")
-    basis = digits_ws / "results/digits/subspace/seed0/basis.npz"
+    basis = digits_ws / "results/digits/subspace/basis.npz"
     basis.parent.mkdir(parents=True, exist_ok=True)
     fsood_io.save_npz(basis, {"weight": _model().fc.weight.detach().numpy()})
     out = digits_ws / CELL
@@ -115,7 +115,7 @@ CHECKPOINTS = {
 @pytest.mark.parametrize("case", sorted(CHECKPOINTS))
 def test_finetune_refuses_a_bad_pretrained_checkpoint(cell, capsys, case):
     write, problem = CHECKPOINTS[case]
-    write(cell.parents[1] / "pretrain/seed0/model.pt")
+    write(cell.parents[1] / "pretrain/model.pt")
     rc, err = _finetune(capsys)
     assert rc == 1
     assert re.search(rf"(?s)fsood: error: {re.escape(PRETRAINED)}: {problem}", err), err

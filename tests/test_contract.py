@@ -60,11 +60,14 @@ def test_overlaps_matches_keys_above_below_and_through_wildcards():
 def test_direct_dependents_of_the_two_reported_edits():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     seeds = params["grid"]["seeds"]
-    # pretrain.lr: only pretraining (the rest follows through its model)
-    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.lr") == {f"pretrain@digits-{s}" for s in seeds}
+    # pretrain.lr: only pretraining, one job a benchmark (the rest follows through its model)
+    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.lr") == {"pretrain@digits"}
+    # pretrain.seed: the model, the features computed under that seed, and the report that names it
+    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.seed") == {
+        "pretrain@digits", "subspace@digits", "report@digits"}  # the report names the seed in its NC figure
     # data.normalize: every stage that feeds images to a model declares it, not only the data stage
     hit = contract.direct_dependents(params, "benchmarks.digits.data.normalize")
-    assert {"data@digits", "pretrain@digits-0", "subspace@digits-0", "finetune@digits-sep-0",
+    assert {"data@digits", "pretrain@digits", "subspace@digits", "finetune@digits-sep-0",
             "score@digits-sep-0"} <= hit
     assert not any(h.startswith("report@") for h in hit)
     # one method's value: that method's cells only

@@ -22,10 +22,10 @@ SCORES = ["fs", "msp", "energy", "maxlogit", "abs_cos", "react", "knn", "mahalan
 
 
 def _jobs() -> list[tuple[str, dict]]:
-    cells = {"benchmark": "digits", "seed": 0}
-    out = [("data", {"benchmark": "digits"}), ("pretrain", cells), ("subspace", cells)]
+    one, cells = {"benchmark": "digits"}, {"benchmark": "digits", "seed": 0}
+    out = [("data", one), ("pretrain", one), ("subspace", one)]
     out += [(stage, {**cells, "method": m}) for m in METHODS for stage in ("finetune", "score")]
-    return out + [("report", {"benchmark": "digits"})]
+    return out + [("report", one)]
 
 
 @pytest.fixture(scope="module")

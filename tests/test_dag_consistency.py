@@ -41,8 +41,28 @@ def dvc_jobs(cwd) -> set[tuple[str, frozenset[str]]]:
 
 def test_default_grid_same_commands_and_outputs():
     sm, dvc = snakemake_jobs(ROOT), dvc_jobs(ROOT)
-    assert len(sm) == 1 + 3 + 3 + 12 + 12 + 1  # data, pretrain, subspace, finetune, score, report
+    assert len(sm) == 1 + 1 + 1 + 12 + 12 + 1  # data, pretrain, subspace (one a benchmark), finetune, score, report
     assert sm == dvc, f"only Snakemake: {sorted(sm - dvc)[:3]}; only DVC: {sorted(dvc - sm)[:3]}"
+
+
+def test_every_fine_tuning_cell_of_every_seed_starts_from_the_one_pretrained_model():
+    """The paper's protocol: one pretrained model a benchmark, the grid's seed varies fine-tuning only; both
+    tools give every finetune job of every seed the same pretrained model and basis as inputs."""
+    from dvc.repo import Repo
+
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--cores", "1", "all"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    blocks = out.split("\nrule finetune:")[1:]
+    seeds = {re.search(r"seed=(\d+)", b).group(1) for b in blocks}
+    assert len(blocks) == 12 and len(seeds) == 3
+    shared = {"results/digits/pretrain/model.pt", "results/digits/subspace/basis.npz"}
+    for block in blocks:
+        assert shared <= set(re.search(r"^\s+input: (.+)$", block, re.M).group(1).split(", "))
+    with Repo(str(ROOT)) as repo:
+        finetune = [s for s in repo.index.stages if s.name.startswith("finetune@")]
+        assert len(finetune) == 12 and all(shared <= {d.def_path for d in s.deps} for s in finetune)
+        assert [s.name for s in repo.index.stages if s.name.startswith(("pretrain@", "subspace@"))] == [
+            "pretrain@digits", "subspace@digits"]
 
 
 def test_lint_finds_nothing_but_missing_conda_environments():

@@ -21,8 +21,8 @@ def test_cell_twice_byte_identical(tmp_path):
     ws = make_workspace(tmp_path / "ws", git=False)
     edit_params(ws, **TINY)
     fsood(ws, "data")
-    fsood(ws, "pretrain", "--seed", "0")
-    fsood(ws, "subspace", "--seed", "0")
+    fsood(ws, "pretrain")
+    fsood(ws, "subspace")
     cell = ws / "results/digits/sep/seed0"
     runs = []
     for _ in range(2):

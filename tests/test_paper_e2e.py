@@ -93,10 +93,10 @@ def test_cifar10_pipeline_on_fabricated_sources(tmp_path):
     # the pretrained model is energy_ood's checkpoint, imported: its weights reach the fine-tuning
     import torch
 
-    start = torch.load(ws / "results/cifar10/pretrain/seed0/model.pt", weights_only=True)
+    start = torch.load(ws / "results/cifar10/pretrain/model.pt", weights_only=True)
     ours = build_model(model_cfg, 3, 10).state_dict()
     assert set(start) == set(ours)
-    history = (ws / "results/cifar10/pretrain/seed0/history.csv").read_text()
+    history = (ws / "results/cifar10/pretrain/history.csv").read_text()
     checkpoint = files["energy-ood-wrn-cifar10"]
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() in history  # what was loaded, recorded
     raw = {k.removeprefix("module."): v for k, v in torch.load(checkpoint, weights_only=True).items()}

@@ -75,11 +75,9 @@ def build_tree(root: Path, params: dict, extra_methods=()) -> dict:
                 "epoch": epochs, "lr": 0.1 / (1 + epochs), "id_train_acc": 0.9 + 0.01 * epochs, "ce": 1.0 / (1 + epochs),
                 "clu": -0.5 - 0.05 * epochs, "oe": 2.0 - 0.1 * epochs, "ood_abs_cos": 0.5 / (1 + epochs + seed),
                 "sep": 1.5 / (1 + epochs + seed), "total": 3.0 / (1 + epochs)}).to_csv(index=False))
-    for seed in SEEDS:
-        cache = fake_cache("pretrained", seed)
-        m = nc.nc_metrics(cache["id_test__features"], cache["id_test__labels"], cache["fc_weight"])
-        nc_path = contract.outs("subspace", benchmark="digits", seed=seed)["nc"]
-        write_json(root / nc_path, {k: round(v, 6) for k, v in m.items()})
+    cache = fake_cache("pretrained", 0)  # the one pretrained model of the benchmark
+    m = nc.nc_metrics(cache["id_test__features"], cache["id_test__labels"], cache["fc_weight"])
+    write_json(root / contract.outs("subspace", benchmark="digits")["nc"], {k: round(v, 6) for k, v in m.items()})
     return written
 
 
@@ -145,6 +143,15 @@ def test_summary_markdown(reported):
     assert convention["fpr95"] in text and "Positive class: **ID**" in text
     assert "higher score = more ID" in text and "say nothing about" in text
     paired_part, all_part = text.split("## Every score")
+    all_part, comparison_part = all_part.split("## Paired per-seed differences")
+    # sep minus oe per seed, in the paper's pairing (fs vs msp), then on one score (fs vs fs)
+    diffs = [line for line in comparison_part.splitlines() if line.startswith("| sep |") and " vs " in line]
+    assert len(diffs) == 2 and "`fs` vs `msp`" in diffs[0] and "`fs` vs `fs`" in diffs[1]
+    per_seed = [reported["metrics"]["sep", s]["scores"]["fs"]["mean"]["fpr95"]
+                - reported["metrics"]["oe", s]["scores"]["msp"]["mean"]["fpr95"] for s in SEEDS]
+    assert diffs[0].split(" | ")[2] == ", ".join(f"{d:+.1f}" for d in per_seed)
+    assert "## Features: Neural Collapse and span(W)" in comparison_part
+    assert [line.split(" | ")[0] for line in comparison_part.splitlines()[-len(METHODS):]] == [f"| {m}" for m in METHODS]
     table = lambda part: [line for line in part.splitlines()  # noqa: E731
                           if line.startswith("| ") and not line.startswith("| method")]
     # the paper's pairing leads: OE with MSP, the paper's method with Eq. 6
@@ -203,7 +210,7 @@ def test_missing_subspace_nc_names_its_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = make_params()
     build_tree(Path("."), params)
-    nc_path = contract.outs("subspace", benchmark="digits", seed=1)["nc"]
+    nc_path = contract.outs("subspace", benchmark="digits")["nc"]
     nc_path.unlink()
     with pytest.raises(FileNotFoundError, match="subspace stage") as err:
         report.run(params, "digits")
@@ -350,9 +357,8 @@ def test_headline_holds_each_methods_paired_numbers(reported):
             assert entry[key] == pytest.approx(values.mean(), abs=1e-4), key
         for key in ("fpr95", "auroc"):
             assert entry[f"{key}_std"] == pytest.approx(expected[key].std(ddof=1), abs=1e-4)
-    nc1 = [json.loads((reported["root"] / contract.out("subspace", "nc", benchmark="digits", seed=s)).read_text())["nc1"]
-           for s in SEEDS]
-    assert data["nc1_pretrained"] == pytest.approx(np.mean(nc1), abs=1e-4)
+    nc1 = json.loads((reported["root"] / contract.out("subspace", "nc", benchmark="digits")).read_text())["nc1"]
+    assert data["nc1_pretrained"] == pytest.approx(nc1, abs=1e-4)
 
 
 def test_headline_follows_the_configured_pairing(reported):
@@ -360,8 +366,7 @@ def test_headline_follows_the_configured_pairing(reported):
 
     params = copy.deepcopy(reported["params"])
     params["score"]["pairing"] = {"default": "energy", "methods": {"oe": "maxlogit"}}
-    nc_train = {s: {"nc1": 1.0 + s} for s in SEEDS}
-    data = headline_json(reported["metrics"], nc_train, params, "digits")
+    data = headline_json(reported["metrics"], {"nc1": 1.5}, params, "digits")
     assert set(data["oe"]) == {"maxlogit"} and set(data["sep"]) == {"energy"}
     assert data["sep"]["energy"]["auroc"] == pytest.approx(_values(reported, "sep", "energy", "mean", "auroc").mean(),
                                                            abs=1e-4)
@@ -387,6 +392,6 @@ def test_the_default_grid_has_few_default_metric_columns():
     cell = {"scores": {s: {"mean": {"fpr95": 50.0, "auroc": 90.0}} for s in params["score"]["scores"]},
             "id_accuracy": 99.0, "separation": {n: {"cos_to_span": 0.5} for n in ["id_test", *sets]}}
     metrics = {(m, s): cell for m in grid["methods"] for s in grid["seeds"]}
-    data = headline_json(metrics, {s: {"nc1": 0.1} for s in grid["seeds"]}, params, "digits")
+    data = headline_json(metrics, {"nc1": 0.1}, params, "digits")
     leaves = [v for method in grid["methods"] for entry in data[method].values() for v in entry.values()]
     assert len(leaves) + 1 == 1 + 7 * len(grid["methods"]) <= 30  # + nc1_pretrained

@@ -157,6 +157,7 @@ HARNESS = ("fsood.__main__", "fsood.cli", "fsood.lock", "fsood.contract", "fsood
 NORMALIZE = "benchmarks.{benchmark}.data.normalize"
 MODEL = "benchmarks.{benchmark}.model"
 DATA = Input("data", "data")
+PRETRAIN_SEED = "benchmarks.{benchmark}.pretrain.seed"  # the seed of the one pretrained model (its stage and its features)
 RUNTIME = "benchmarks.{benchmark}.runtime"  # the benchmark's overrides of `runtime` (fsood.config.runtime_params)
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -174,7 +175,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     ),
     Stage(
         "pretrain", "Stage 2: train the ID classifier with cross-entropy (or load a published one).",
-        ("benchmark", "seed"), "results/{benchmark}/pretrain/seed{seed}",
+        # one pretrained model a benchmark, shared by every fine-tuning cell: the seed of the grid varies
+        # fine-tuning only, as the authors fine-tune one checkpoint (benchmarks.<b>.pretrain.seed seeds it)
+        ("benchmark",), "results/{benchmark}/pretrain",
         outputs={"model": Output("model.pt"),
                  "history": Output("history.csv", kind="plots", cache=False, plot=("epoch", "total"))},
         inputs={"data": DATA},
@@ -185,12 +188,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     ),
     Stage(
         "subspace", "Stage 3: ID training features, NC1-NC4 and the basis of span(W).",
-        ("benchmark", "seed"), "results/{benchmark}/subspace/seed{seed}",
+        ("benchmark",), "results/{benchmark}/subspace",
         outputs={"features": Output("features.npz"), "basis": Output("basis.npz"),
                  # by path: `dvc metrics show <path>` (docs/pipeline.md, "Comparing runs at a glance")
                  "nc": Output("nc.json", cache=False)},
         inputs={"data": DATA, "model": Input("pretrain", "model")},
-        params=(NORMALIZE, MODEL, "runtime", RUNTIME),
+        params=(NORMALIZE, MODEL, PRETRAIN_SEED, "runtime", RUNTIME),
         entry=("fsood.stages.subspace",),
         resources=Resources(mem_mb=4000, runtime=60, gpu=True),
     ),
@@ -241,13 +244,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         },
         inputs={"cache": Input("score", "cache", over=("method", "seed")),
                 "metrics": Input("score", "metrics", over=("method", "seed")),
-                "nc": Input("subspace", "nc", over=("seed",)),
+                "nc": Input("subspace", "nc"),
                 "history": Input("finetune", "history", over=("method", "seed"))},
         params=("grid", "report", "score", "benchmarks.{benchmark}.score", "benchmarks.{benchmark}.data.ood_sets",
                 "benchmarks.{benchmark}.notes",
                 # what the cells started from, named in the paper comparison
                 "benchmarks.{benchmark}.pretrain.checkpoint", "benchmarks.{benchmark}.pretrain.epochs",
                 "benchmarks.{benchmark}.pretrain.schedule_epochs", "benchmarks.{benchmark}.pretrain.fast_recipe",
+                PRETRAIN_SEED,
                 "benchmarks.{benchmark}.finetune.stage2_epoch"),
         entry=("fsood.stages.report",), files=("paper_results.yaml",),
         resources=Resources(mem_mb=2000, runtime=30),
@@ -263,7 +267,7 @@ def stage(name: str) -> Stage:
 
 
 def out(stage_name: str, key: str, **wildcards) -> Path:
-    """Shorthand: ``out("pretrain", "model", benchmark="digits", seed=0)``."""
+    """Shorthand: ``out("pretrain", "model", benchmark="digits")``."""
     return stage(stage_name).out(key, **wildcards)
 
 

@@ -197,25 +197,25 @@ def _separation_panel(ax, data: pd.DataFrame, measure: str, methods: list[str], 
 
 
 def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[str], sets: list[str],
-                      subtitle: str = "") -> Figure:
+                      subtitle: str = "", pretrain_seed: int | None = None) -> Figure:
     """NC1-NC4 of the pretrained model on ID train (Papyan et al.; the paper's Sec. 3 premise), then
     one panel per feature-separation measure present (SEPARATION_PANELS): the paper's Table 7
     (predicted-class weight), Table 14 (predicted-class mean) and the cosine to span(W).
 
-    ``nc``: long DataFrame (seed, metric, value); ``separation``: long DataFrame
+    ``nc``: DataFrame (metric, value) of the one pretrained model; ``separation``: long DataFrame
     (method, seed, set, measure, value). Error bars: std over seeds.
     """
     measures = [m for m in SEPARATION_PANELS if m in set(separation["measure"])]
     fig, axes = plt.subplots(2, 2, figsize=(15, 10), squeeze=False)
     left = axes[0, 0]
     metrics = [m for m in NC_LABELS if m in set(nc["metric"])]
-    sns.barplot(data=nc, x="metric", y="value", order=metrics, errorbar="sd", color="#4c72b0", capsize=0.2,
-                err_kws={"linewidth": 1}, ax=left)
+    sns.barplot(data=nc, x="metric", y="value", order=metrics, errorbar=None, color="#4c72b0", ax=left)
     nc_stats = nc.groupby("metric")["value"].agg(["mean", "std"]).reindex(metrics)
     _label_above(left, left.containers[0], nc_stats, "{:.3f}")
     left.set_xticks(range(len(metrics)), [NC_LABELS[m] for m in metrics], fontsize=8)
     left.set(xlabel="", ylabel="value (0 = perfect collapse)")
-    left.set_title(f"Neural Collapse of the pretrained model, ID train\n(n seeds = {nc['seed'].nunique()})",
+    seed = "" if pretrain_seed is None else f" (pretraining seed {pretrain_seed})"
+    left.set_title(f"Neural Collapse of the pretrained model{seed}, ID train\nshared by every fine-tuning cell",
                    fontsize=11)
     panels = list(axes.flat[1:])
     for ax, measure in zip(panels, measures):

@@ -25,7 +25,7 @@ def run(params: dict, benchmark: str, method: str, seed: int) -> None:
     ctx = dist.from_environment()  # set when a launcher (torchrun) started this process
     if method == "none":  # the pretrained model as is, with its own training curve
         if ctx is None or ctx.is_main:
-            pre = contract.outs("pretrain", benchmark=benchmark, seed=seed)
+            pre = contract.outs("pretrain", benchmark=benchmark)
             out = contract.outs("finetune", benchmark=benchmark, method=method, seed=seed)
             write_bytes(out["history"], pre["history"].read_bytes())
             write_bytes(out["model"], pre["model"].read_bytes())
@@ -53,7 +53,7 @@ def build_objective(params: dict, benchmark: str, method: str, seed: int, model:
     DDP wrapper), so ``model.fc`` is the classifier every rank trains."""
     mcfg = method_params(params, benchmark, method)  # the global values with the benchmark's overrides
     if mcfg.get("weight_source") == "pretrained":
-        basis = contract.out("subspace", "basis", benchmark=benchmark, seed=seed)
+        basis = contract.out("subspace", "basis", benchmark=benchmark)
         frozen = torch.from_numpy(load_npz(basis)["weight"]).float().to(device)
         weight_fn = lambda: frozen  # noqa: E731
     else:
@@ -84,7 +84,7 @@ def resume_for(params: dict, benchmark: str, method: str, seed: int, world_size:
 def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed: int) -> None:
     """Train one cell on this rank (the only one when ``ctx`` is ``dist.SINGLE``)."""
     bench = params["benchmarks"][benchmark]
-    pre = contract.outs("pretrain", benchmark=benchmark, seed=seed)
+    pre = contract.outs("pretrain", benchmark=benchmark)
     out = contract.outs("finetune", benchmark=benchmark, method=method, seed=seed)
     device = rt.configure(params["runtime"], seed, ctx.world_size, ctx.rank, ctx.local_rank)
     backend = dist.resolve_backend(params["runtime"]["ddp_backend"], device) if ctx.distributed else None

@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 WHITENING_IMAGES = 5000  # as many as airbench whitens with (its first 5,000; here every k-th, over all classes)
 
 
-def run(params: dict, benchmark: str, seed: int) -> None:
+def run(params: dict, benchmark: str) -> None:
     ctx = dist.from_environment()
     if ctx is not None and ctx.distributed:  # every rank would train the same model and write the same file
         raise ValueError(f"pretrain runs in one process; it was started as rank {ctx.rank} of {ctx.world_size} "
                          "(data-parallel training is for the finetune stage: benchmarks.B.finetune.processes)")
     bench = params["benchmarks"][benchmark]
-    out = contract.outs("pretrain", benchmark=benchmark, seed=seed)
+    out = contract.outs("pretrain", benchmark=benchmark)
     data = benchmark_data(benchmark)
     published = published_checkpoint(params, benchmark, data)
     if published is not None:  # the paper fine-tunes from a published model (energy_ood's WRN, torchvision's ResNet-50)
@@ -39,6 +39,7 @@ def run(params: dict, benchmark: str, seed: int) -> None:
         write_history(out["history"], [{"epoch": 0, **loaded}])  # the checkpoint's hash, git-tracked
         save_state_dict(out["model"], {k: v.cpu() for k, v in model.state_dict().items()})
         return
+    seed = bench["pretrain"]["seed"]  # one model a benchmark, shared by every fine-tuning cell
     device = rt.configure(params["runtime"], seed)
     x, y = data.load("id_train")
     norm = normalization(params, benchmark, data)
@@ -46,7 +47,7 @@ def run(params: dict, benchmark: str, seed: int) -> None:
     if hasattr(model, "init_whitening"):  # CompactNet: its first layer whitens the training images' patches
         model.init_whitening(whitening_sample(x, norm))
     model = rt.prepare_model(model, params["runtime"], device)
-    resume = resume_for(params, benchmark, seed)
+    resume = resume_for(params, benchmark)
     fast = bench["pretrain"]["fast_recipe"] or {}
     history = train(model, x, y, bench["pretrain"], params["runtime"], device, norm,
                     pretrain_objective(fast.get("label_smoothing", 0.0)), seed,
@@ -62,6 +63,6 @@ def whitening_sample(x: np.ndarray, norm: dict, n: int = WHITENING_IMAGES) -> to
     return normalizer(norm, torch.device("cpu"))(torch.as_tensor(np.asarray(x[::step][:n])))
 
 
-def resume_for(params: dict, benchmark: str, seed: int) -> Resume:
+def resume_for(params: dict, benchmark: str) -> Resume:
     """The resume file of a pretraining run, keyed by the stage's declared params and input files."""
-    return Resume.for_job("pretrain", params, benchmark=benchmark, seed=seed)
+    return Resume.for_job("pretrain", params, benchmark=benchmark)

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from fsood import contract, nc, paper, plots
+from fsood.comparison import feature_lines, paired_difference_lines
 from fsood.config import ood_set_names, score_params
 from fsood.io import load_npz, read_json, write_bytes, write_json, write_text
 from fsood.evaluation import fitted_detector, paired_score
@@ -46,9 +47,9 @@ def _history_file(benchmark: str, method: str, seed: int):
     return _require(path, "finetune", f"fsood finetune --benchmark {benchmark} --method {method} --seed {seed}")
 
 
-def _nc_file(benchmark: str, seed: int):
-    path = contract.out("subspace", "nc", benchmark=benchmark, seed=seed)
-    return _require(path, "subspace", f"fsood subspace --benchmark {benchmark} --seed {seed}")
+def _nc_file(benchmark: str):
+    path = contract.out("subspace", "nc", benchmark=benchmark)
+    return _require(path, "subspace", f"fsood subspace --benchmark {benchmark}")
 
 
 def projection_methods(methods: list[str]) -> list[str]:
@@ -66,13 +67,13 @@ def load_inputs(params: dict, benchmark: str) -> dict:
     cache_methods = list(dict.fromkeys(grid["methods"] + projection_methods(grid["methods"])))
     metric_files = {cell: _cell_file(benchmark, *cell, "metrics") for cell in cells}
     cache_files = {m: _cell_file(benchmark, m, seed, "cache") for m in cache_methods}
-    nc_files = {s: _nc_file(benchmark, s) for s in grid["seeds"]}
+    nc_file = _nc_file(benchmark)  # of the one pretrained model every cell fine-tunes
     tuned = [(m, s) for m, s in cells if m != "none"]  # `none` carries the pretraining curve
     history_files = {cell: _history_file(benchmark, *cell) for cell in tuned}
     bar = dict(unit="cell", disable=None)  # a bar on a terminal only (not in a pipe or a cluster's log)
     metrics = {cell: read_json(p) for cell, p in tqdm(metric_files.items(), desc="report: metrics", **bar)}
     caches = {m: load_npz(p) for m, p in tqdm(cache_files.items(), desc=f"report: caches seed {seed}", **bar)}
-    nc_train = {s: read_json(p) for s, p in nc_files.items()}
+    nc_train = read_json(nc_file)
     history = [pd.read_csv(p).assign(method=m, seed=s) for (m, s), p in history_files.items()]
     _check_consistent(metrics, params, benchmark)
     _check_caches(caches, ood_set_names(params["benchmarks"][benchmark]), benchmark, seed)
@@ -183,6 +184,16 @@ def summary_markdown(summary: pd.DataFrame, params: dict, benchmark: str, conven
     return "\n".join(lines) + "\n"
 
 
+def comparison_markdown(metrics: dict, nc_train: dict, params, benchmark: str) -> str:
+    """The summary's last sections: paired per-seed differences to `oe` and each method's NC / span(W)."""
+    grid = params["grid"]
+    pairing = {m: paired_score(params["score"], m) for m in grid["methods"]}
+    lines = paired_difference_lines(metrics, grid["methods"], grid["seeds"], pairing)
+    lines += feature_lines(metrics, grid["methods"], grid["seeds"], ood_set_names(params["benchmarks"][benchmark]),
+                           nc_train)
+    return "\n".join(lines) + "\n"
+
+
 def summary_json(summary: pd.DataFrame) -> dict:
     """DVC metrics: per method, ID accuracy and the mean-over-OOD-sets FPR95 / AUROC of every score."""
     out: dict = {}
@@ -208,9 +219,9 @@ def headline_json(metrics: dict, nc_train: dict, params, benchmark: str) -> dict
     Per method, keyed ``<method>.<paired score>``: mean FPR95 and AUROC over the main OOD sets (mean and
     std over seeds), ID accuracy, and cos-to-span(W) of the ID test and of the OOD test features (mean over
     the main OOD sets; Sec. 4.5: fine-tuning should keep ID near span(W) and push OOD off it), each a mean
-    over seeds. ``nc1_pretrained``: NC1 of the pretrained model's ID train features, mean over seeds."""
+    over seeds. ``nc1_pretrained``: NC1 of the (one) pretrained model's ID train features."""
     seeds, ood_sets = params["grid"]["seeds"], ood_set_names(params["benchmarks"][benchmark])
-    out: dict = {"nc1_pretrained": _mean_std([nc_train[s]["nc1"] for s in seeds])[0]}
+    out: dict = {"nc1_pretrained": round(float(nc_train["nc1"]), 4)}
     for method in params["grid"]["methods"]:
         cells = [metrics[method, s] for s in seeds]
         score = paired_score(params["score"], method)
@@ -308,8 +319,7 @@ def start_description(pretrain: dict) -> str:
 
 
 def _nc_frame(nc_train: dict) -> pd.DataFrame:
-    rows = [(seed, k, float(m[k])) for seed, m in nc_train.items() for k in NC_KEYS if k in m]
-    return pd.DataFrame(rows, columns=["seed", "metric", "value"])
+    return pd.DataFrame([(k, float(nc_train[k])) for k in NC_KEYS if k in nc_train], columns=["metric", "value"])
 
 
 # ----------------------------------------------------------------------------- stage
@@ -337,10 +347,12 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
     comparison = paper.compare(paper.entries(inputs["paper"], benchmark), metrics, grid["methods"])
     paper_summary = paper.summary_section(comparison)
     nc_fig = plots.nc_and_separation(_nc_frame(inputs["nc"]), _separation_frame(metrics, ["id_test", *ood_sets]),
-                                     grid["methods"], ["id_test", *ood_sets], f"({benchmark}, {n_seeds} seed(s))")
+                                     grid["methods"], ["id_test", *ood_sets], f"({benchmark}, {n_seeds} seed(s))",
+                                     pretrain_seed=params["benchmarks"][benchmark]["pretrain"]["seed"])
     return {
         "table_csv": summary_csv(summary),
-        "table_md": summary_markdown(summary, params, benchmark, convention),
+        "table_md": summary_markdown(summary, params, benchmark, convention) + comparison_markdown(
+            metrics, inputs["nc"], params, benchmark),
         "summary": {**summary_json(summary), **({"paper": paper_summary} if paper_summary else {})},
         "headline": headline_json(metrics, inputs["nc"], params, benchmark),
         "paper_md": paper.comparison_markdown(comparison, inputs["paper"], benchmark, grid["seeds"],

@@ -14,16 +14,16 @@ from fsood.inference import forward_pass
 log = logging.getLogger(__name__)
 
 
-def run(params: dict, benchmark: str, seed: int) -> None:
-    device = rt.configure(params["runtime"], seed)
+def run(params: dict, benchmark: str) -> None:
+    device = rt.configure(params["runtime"], params["benchmarks"][benchmark]["pretrain"]["seed"])
     data = benchmark_data(benchmark)
-    checkpoint = contract.out("pretrain", "model", benchmark=benchmark, seed=seed)
+    checkpoint = contract.out("pretrain", "model", benchmark=benchmark)
     model = rt.prepare_model(load_model(params, benchmark, data, checkpoint), params["runtime"], device)
     x, y = data.load("id_train")
     logits, feats = forward_pass(model, x, params["runtime"], device, normalization(params, benchmark, data))
     weight = model.fc.weight.detach().cpu().double().numpy()
     bias = model.fc.bias.detach().cpu().double().numpy()
-    out = contract.outs("subspace", benchmark=benchmark, seed=seed)
+    out = contract.outs("subspace", benchmark=benchmark)
     save_npz(out["features"], {"logits": logits, "features": feats, "labels": y})
 
     metrics = nc.nc_metrics(feats, y, weight, bias)
