@@ -70,7 +70,8 @@ CANDIDATES = {
 def build_data(tmp: Path) -> Path:
     """All of CIFAR-10 (the cifar10-mini declaration with ``id.count`` null), built by the data stage."""
     ws = make_workspace(tmp / "ws", git=False)
-    edit_params(ws, **{f"benchmarks.{BENCHMARK}.data.id.count": {"train": None, "test": None}})
+    edit_params(ws, **{"grid.benchmarks": [BENCHMARK],
+                       f"benchmarks.{BENCHMARK}.data.id.count": {"train": None, "test": None}})
     env = dict(os.environ, PYTHONPATH=str(ws / "src"))
     if mirror_dir() is not None:
         env["FSOOD_MIRROR"] = str(mirror_dir())
