@@ -25,6 +25,19 @@ def test_paired_differences_by_hand():
     # the same score on both: 30-45 = -15, 44-42 = +2
     assert rows[1].startswith("| sep | `fs` vs `fs` (same score) | -15.0, +2.0 | -6.50 ± 12.02 | 1 of 2 |")
     assert not any(line.startswith("| none") for line in lines)
+    assert len(rows) == 2  # without ood_sets: no per-set table
+
+
+def test_per_set_paired_differences_by_hand():
+    def cell(a: float, b: float) -> dict:
+        return {"scores": {"msp": {"a": {"fpr95": a}, "b": {"fpr95": b},
+                                   "mean": {"fpr95": (a + b) / 2, "auroc": 90.0}}}}
+
+    metrics = {("oe", 0): cell(50.0, 10.0), ("oe", 1): cell(40.0, 0.0),
+               ("sep", 0): cell(45.0, 100.0), ("sep", 1): cell(30.0, 2.0)}
+    lines = paired_difference_lines(metrics, ["oe", "sep"], [0, 1], {"oe": "msp", "sep": "msp"}, ood_sets=["a", "b"])
+    # set a: -5, -10 -> mean -7.5, std 3.54, won twice; set b: +90, +2 -> +46.0 ± 62.23, never won
+    assert lines[-1] == "| sep | -7.50 ± 3.54 (2 of 2) | +46.00 ± 62.23 (0 of 2) |"
     assert paired_difference_lines(metrics, ["sep"], [0, 1], {"sep": "fs"}) == []  # no baseline: no section
 
 

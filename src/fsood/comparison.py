@@ -23,11 +23,19 @@ def _fmt(values: list[float]) -> str:
 
 
 def paired_difference_lines(metrics: dict, methods: list[str], seeds: list[int], pairing: dict[str, str],
-                            baseline: str = "oe") -> list[str]:
+                            baseline: str = "oe", ood_sets: list[str] = ()) -> list[str]:
     """Markdown lines: per method, (method - baseline) of mean FPR95 and AUROC per seed, under the paper's
-    pairing (each with its paired score) and with both on the method's score. Empty without the baseline."""
+    pairing (each with its paired score) and with both on the method's score; then, under the pairing, the
+    FPR95 difference on each of ``ood_sets`` (a mean over sets can hide a set that flips between seeds).
+    Empty without the baseline."""
     if baseline not in methods:
         return []
+    return _mean_difference_lines(metrics, methods, seeds, pairing, baseline) + _per_set_lines(
+        metrics, methods, seeds, pairing, baseline, ood_sets)
+
+
+def _mean_difference_lines(metrics: dict, methods: list[str], seeds: list[int], pairing: dict[str, str],
+                           baseline: str) -> list[str]:
     lines = ["", f"## Paired per-seed differences to `{baseline}`", "",
              f"Method minus `{baseline}`, per seed (the same pretrained model and seed), mean FPR95 / AUROC over "
              "the main OOD sets, in points; FPR95 lower and AUROC higher is better. `wins`: seeds where the "
@@ -73,4 +81,22 @@ def feature_lines(metrics: dict, methods: list[str], seeds: list[int], ood_sets:
         span_ood = np.mean([np.mean([c["separation"][o]["cos_to_span"] for o in ood_sets]) for c in cells])
         acc = np.mean([c["id_accuracy"] for c in cells])  # percent already
         lines.append(f"| {method} | {acc:.2f} | " + " | ".join(nc_cols) + f" | {span_id:.3f} | {span_ood:.3f} |")
+    return lines
+
+
+def _per_set_lines(metrics: dict, methods: list[str], seeds: list[int], pairing: dict[str, str], baseline: str,
+                   ood_sets: list[str]) -> list[str]:
+    """Per OOD set, (method - baseline) FPR95 under the paper's pairing: mean ± std over seeds, seeds won."""
+    if not ood_sets:
+        return []
+    lines = ["", f"Per OOD set, the paper's pairing: FPR95 of the method minus `{baseline}`, mean ± std over seeds "
+             "(seeds where the method's FPR95 is lower).", "",
+             "| method | " + " | ".join(ood_sets) + " |", "|---|" + "---|" * len(ood_sets)]
+    for method in [m for m in methods if m not in (baseline, "none")]:
+        cells = []
+        for ood in ood_sets:
+            diffs = [metrics[method, s]["scores"][pairing[method]][ood]["fpr95"]
+                     - metrics[baseline, s]["scores"][pairing[baseline]][ood]["fpr95"] for s in seeds]
+            cells.append(f"{_fmt(diffs)} ({sum(d < 0 for d in diffs)} of {len(seeds)})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines

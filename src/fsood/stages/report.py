@@ -188,9 +188,9 @@ def comparison_markdown(metrics: dict, nc_train: dict, params, benchmark: str) -
     """The summary's last sections: paired per-seed differences to `oe` and each method's NC / span(W)."""
     grid = params["grid"]
     pairing = {m: paired_score(params["score"], m) for m in grid["methods"]}
-    lines = paired_difference_lines(metrics, grid["methods"], grid["seeds"], pairing)
-    lines += feature_lines(metrics, grid["methods"], grid["seeds"], ood_set_names(params["benchmarks"][benchmark]),
-                           nc_train)
+    ood_sets = ood_set_names(params["benchmarks"][benchmark])
+    lines = paired_difference_lines(metrics, grid["methods"], grid["seeds"], pairing, ood_sets=ood_sets)
+    lines += feature_lines(metrics, grid["methods"], grid["seeds"], ood_sets, nc_train)
     return "\n".join(lines) + "\n"
 
 
