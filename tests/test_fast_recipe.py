@@ -147,3 +147,18 @@ def test_finetune_id_samples_is_a_fixed_class_balanced_subset():
     assert np.array_equal(again, x)  # the same for every cell
     full, _ = id_train_subset(Data(), None)
     assert len(full) == 100
+
+
+def test_cpu_model_is_the_model_name_line_of_cpuinfo(tmp_path, monkeypatch):
+    """benchmarks quote it beside their figures: the "model name" line, "unknown" without one."""
+    import builtins
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                       "flags\t\t: fpu amx_bf16\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    assert rt.cpu_model() == "Intel(R) Xeon(R) Processor"
+    assert "amx_bf16" in rt.cpu_flags()
+    cpuinfo.write_text("processor\t: 0\n")
+    assert rt.cpu_model() == "unknown"
