@@ -140,8 +140,7 @@ def main() -> None:
         data = BenchmarkData(args.data or build_data(Path(tmp)))
         if len(data.load("id_train")[1]) != 50_000:
             raise SystemExit(f"{data.folder}: id_train must hold all 50,000 CIFAR-10 images (id.count null)")
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model_name = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
+        model_name = rt.cpu_model()
         print(f"CPU: {model_name}, {args.threads} threads, precision {args.precision} "
               f"(resolved: {rt.precision(runtime, torch.device('cpu'))}), torch {torch.__version__}", flush=True)
         rows = [r for name in names for r in run_candidate(name, data, norm, args.epochs, runtime, args.seed)]

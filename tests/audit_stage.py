@@ -63,7 +63,9 @@ class Tracked(dict):
 
 
 def _merged_overrides(defaults: dict, overrides: dict) -> dict:
-    """``overrides`` laid over ``defaults`` key by key (nested mappings merged), as fsood.config does."""
+    """``overrides`` laid over ``defaults`` key by key (nested mappings merged), as fsood.config._merged does.
+    A copy on purpose: importing fsood.config here would put it among the modules every audited stage
+    imported, and the data, pretrain and subspace stages do not run it."""
     out = dict(defaults)
     for key, value in overrides.items():
         out[key] = _merged_overrides(defaults[key], value) if isinstance(value, dict) else value

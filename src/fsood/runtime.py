@@ -68,28 +68,26 @@ def configure(runtime: dict, seed: int, processes: int = 1, rank: int = 0, local
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU instructions that compute bf16 natively
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: then no native bf16 is assumed)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo, its value; None where there is no such line or file."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``lscpu``'s "Model name"), "unknown" where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where there are none: then no native bf16 is assumed)."""
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), "unknown" where there is none."""
+    return _cpuinfo("model name") or "unknown"
 
 
 def precision(runtime: dict, device: torch.device) -> str:
