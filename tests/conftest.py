@@ -51,9 +51,24 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
-def digits_upstream(tmp_path_factory) -> Path:
-    """The TINY digits data, pretrain and subspace, built once per session (tests/upstream.py);
-    start from ``upstream.clone_upstream(digits_upstream, dest)``, never write into it."""
-    from upstream import build_upstream
+def recorded_digits(tmp_path_factory) -> Path:
+    """The TINY digits grid run by Snakemake and recorded by DVC and git, built once per session (per
+    xdist worker; tests/upstream.py). Start from ``upstream.copy_recorded`` or ``upstream.clone_upstream``;
+    never write into it."""
+    from upstream import build_recorded
 
-    return build_upstream(tmp_path_factory.mktemp("upstream") / "ws")
+    return build_recorded(tmp_path_factory.mktemp("recorded") / "ws")
+
+
+# pytest-xdist (pyproject: -n auto --dist loadgroup) runs a group whole on one worker. A group per
+# module keeps a module's fixtures built once; the modules that start from the recorded digits run
+# share one group, so that one worker builds it once for all of them.
+RECORDED_MODULES = {"test_pipeline", "test_edit_reruns", "test_exact_rebuild", "test_bad_inputs", "test_ddp",
+                    "test_resume"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("recorded_digits" if module in RECORDED_MODULES else module))

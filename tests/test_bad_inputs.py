@@ -44,10 +44,10 @@ def leftovers(folder: Path) -> list[str]:
 # --- through the CLI, on a tiny digits workspace --------------------------------------------------
 
 @pytest.fixture(scope="module")
-def digits_ws(tmp_path_factory, digits_upstream) -> Path:
+def digits_ws(tmp_path_factory, recorded_digits) -> Path:
     """A workspace with the TINY grid and its upstream (data, pretrain, subspace) done: a hard-linked
     copy of the session's (tests/upstream.py)."""
-    return clone_upstream(digits_upstream, tmp_path_factory.mktemp("bad") / "ws")
+    return clone_upstream(recorded_digits, tmp_path_factory.mktemp("bad") / "ws")
 
 
 def _params(ws: Path) -> dict:

@@ -274,10 +274,10 @@ def _fsood(ws, *args, launcher=(sys.executable, "-m"), env=None):
 
 
 @pytest.fixture(scope="module")
-def spawned_cell(tmp_path_factory, digits_upstream):
+def spawned_cell(tmp_path_factory, recorded_digits):
     """A tiny workspace (the session's upstream, hard-linked: tests/upstream.py), then
     ``python -m fsood finetune`` with ``processes: 2``, as Snakemake and DVC start it."""
-    ws = clone_upstream(digits_upstream, tmp_path_factory.mktemp("cli") / "ws",
+    ws = clone_upstream(recorded_digits, tmp_path_factory.mktemp("cli") / "ws",
                         **{"benchmarks.digits.finetune.processes": 2, "runtime.threads": 2})
     _fsood(ws, "finetune", "--method", "sep", "--seed", "0", "--log", "logs/ddp.log")
     return ws, ws / "results/digits/sep/seed0"

@@ -13,14 +13,13 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import TINY, apply_changes, make_workspace
+from conftest import apply_changes
+from upstream import copy_recorded, sh as run
 from fsood import contract
 
 pytestmark = pytest.mark.slow
@@ -47,11 +46,7 @@ CODE_EDITS = ["stages/data.py", "datasets/synthetic.py", "stages/pretrain.py", "
 
 
 def sh(ws, *cmd, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ws / "src"), DVC_NO_ANALYTICS="1")  # the workspace's code runs
-    proc = subprocess.run(cmd, cwd=ws, capture_output=True, text=True, env=env)
-    if check and proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run(ws, *cmd, check=check, env={"PYTHONPATH": str(ws / "src")})  # the workspace's (edited) code runs
 
 
 def snakemake_plan(ws) -> tuple[set[str], set[str]]:
@@ -92,20 +87,12 @@ def producer(params: dict, path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """The tiny grid run by Snakemake and recorded by DVC (`dvc commit`) and git: both tools clean."""
-    ws = make_workspace(tmp_path_factory.mktemp("edits") / "ws", git=False)
-    params = apply_changes(yaml.safe_load((ws / "params.yaml").read_text()), **TINY)
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    from conftest import git_init
-
-    git_init(ws)
-    sh(ws, sys.executable, "-m", "snakemake", "--cores", "2", "all")
-    sh(ws, "dvc", "commit", "-f", "-q")
-    sh(ws, "git", "add", "-A")
-    sh(ws, "git", "commit", "-qm", "recorded run")
+def recorded(tmp_path_factory, recorded_digits):
+    """The tiny grid run by Snakemake and recorded by DVC (`dvc commit`) and git: both tools clean (a copy
+    of the session's run, tests/upstream.py)."""
+    ws = copy_recorded(recorded_digits, tmp_path_factory.mktemp("edits") / "ws")
     assert snakemake_plan(ws) == (set(), set()) and dvc_stale(ws) == set()
-    return ws, params
+    return ws, yaml.safe_load((ws / "params.yaml").read_text())
 
 
 def _check(ws, params, expected_direct: set[str]):

@@ -2,25 +2,18 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, edit_params, make_workspace
+
+from upstream import copy_recorded, sh as run
 
 pytestmark = pytest.mark.slow
 
-# One method, short training: each test stays well under a minute and a half on two cores.
-SMALL = {**TINY, "grid.methods": ["sep"], "benchmarks.digits.pretrain.epochs": 1,
-         "benchmarks.digits.data.n_outliers": 128, "benchmarks.digits.data.n_ood": 64}
 
-
-def sh(ws, *cmd):
-    proc = subprocess.run(cmd, cwd=ws, capture_output=True, text=True)
-    if proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
+def sh(ws, *cmd) -> str:
+    return run(ws, *cmd).stdout
 
 
 def products(ws: Path, *folders: str) -> dict[str, bytes]:
@@ -35,21 +28,11 @@ def assert_same(first: dict[str, bytes], second: dict[str, bytes]) -> None:
     assert not differ, f"bytes differ after a rerun: {differ}"
 
 
-def tiny_workspace(tmp_path: Path) -> Path:
-    ws = make_workspace(tmp_path / "ws")
-    edit_params(ws, **SMALL)
-    sh(ws, "git", "commit", "-qam", "tiny grid")
-    return ws
-
-
 @pytest.fixture(scope="module")
-def rebuilt(tmp_path_factory):
-    """A cell run by `dvc repro`, committed, then rebuilt with `dvc repro -f` (all its upstream too):
-    the workspace and the products' bytes before the rebuild."""
-    ws = tiny_workspace(tmp_path_factory.mktemp("rebuild"))
-    sh(ws, "dvc", "repro", "score@digits-sep-0")
-    sh(ws, "git", "add", "-A")
-    sh(ws, "git", "commit", "-qm", "recorded run")
+def rebuilt(tmp_path_factory, recorded_digits):
+    """The session's recorded run (made by Snakemake with 2 cores, tests/upstream.py), then one cell rebuilt
+    with `dvc repro -f` (all its upstream too): the workspace and the products' bytes before the rebuild."""
+    ws = copy_recorded(recorded_digits, tmp_path_factory.mktemp("rebuild") / "ws")
     before = products(ws, "data", "results")
     out = sh(ws, "dvc", "repro", "-f", "score@digits-sep-0")
     for stage in ("data@digits", "pretrain@digits", "subspace@digits", "finetune@digits-sep-0", "score@digits-sep-0"):
@@ -74,16 +57,16 @@ def test_dvc_repro_force_leaves_git_clean(rebuilt):
 
 
 @pytest.mark.trust(kind="exact_rebuild")
-def test_snakemake_cores_do_not_change_bytes(tmp_path):
-    ws = tiny_workspace(tmp_path)
-    edit_params(ws, **{"grid.methods": ["oe", "sep"]})  # two cells, so two cores run jobs side by side
-    cells = [f"results/digits/{m}/seed0/metrics.json" for m in ("oe", "sep")]
-    snakemake = [sys.executable, "-m", "snakemake", *cells, "results/digits/subspace/nc.json"]
-    sh(ws, *snakemake, "--cores", "1")
-    first = products(ws, "results")
+def test_snakemake_cores_do_not_change_bytes(tmp_path, recorded_digits):
+    """The recorded run was made with 2 cores (two cells side by side); 1 core makes the same bytes."""
+    ws = copy_recorded(recorded_digits, tmp_path / "ws")
+    folders = [f"results/digits/{name}" for name in ("pretrain", "subspace", "oe", "sep")]
+    first = products(ws, *folders)
     assert {"results/digits/oe/seed0/model.pt", "results/digits/sep/seed0/cache.npz"} <= set(first)
+    runs = sorted((ws / ".snakemake/log").glob("*.snakemake.log"))  # named by start time
+    assert "Provided cores: 2" in runs[-1].read_text()
     shutil.rmtree(ws / "results")
-    rerun = subprocess.run([*snakemake, "--cores", "2"], cwd=ws, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "Provided cores: 2" in rerun.stderr
-    assert_same(first, products(ws, "results"))
+    cells = [f"results/digits/{m}/seed0/metrics.json" for m in ("oe", "sep")]
+    rerun = run(ws, sys.executable, "-m", "snakemake", *cells, "results/digits/subspace/nc.json", "--cores", "1")
+    assert "Provided cores: 1" in rerun.stderr
+    assert_same(first, products(ws, *folders))

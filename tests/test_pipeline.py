@@ -2,31 +2,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 
-from conftest import TINY, edit_params, make_workspace
+from conftest import TINY, edit_params
+from upstream import copy_recorded, sh
 
 pytestmark = pytest.mark.slow
 
 
-def sh(ws, *cmd, check=True):
-    proc = subprocess.run(cmd, cwd=ws, capture_output=True, text=True)
-    if check and proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A workspace after `snakemake --cores 2 all` on the tiny grid, committed with DVC and git."""
-    ws = make_workspace(tmp_path_factory.mktemp("pipeline") / "ws")
-    edit_params(ws, **TINY)
-    sh(ws, "git", "commit", "-qam", "tiny grid")
-    sh(ws, sys.executable, "-m", "snakemake", "--cores", "2", "all")
-    return ws
+def finished(tmp_path_factory, recorded_digits):
+    """A workspace after `snakemake --cores 2 all` on the tiny grid, recorded with DVC and git (a copy of
+    the session's run, tests/upstream.py)."""
+    return copy_recorded(recorded_digits, tmp_path_factory.mktemp("pipeline") / "ws")
 
 
 def test_every_cell_has_its_folder_metrics_and_log(finished):
@@ -51,11 +41,9 @@ def test_every_cell_has_its_folder_metrics_and_log(finished):
 
 def test_dvc_records_the_snakemake_run_then_follows_a_param_change(finished):
     ws = finished
-    sh(ws, "dvc", "commit", "-f", "-q")
-    status = sh(ws, "dvc", "status").stdout
+    status = sh(ws, "dvc", "status").stdout  # the session's run, recorded by `dvc commit -f`
     assert "up to date" in status, status
-    sh(ws, "git", "add", "-A")
-    sh(ws, "git", "commit", "-qm", "recorded run")
+    assert sh(ws, "git", "status", "--porcelain").stdout == ""  # ... and committed with dvc.lock
 
     edit_params(ws, **{"benchmarks.digits.finetune.lr": 0.05})
     stale = sh(ws, "dvc", "status").stdout
@@ -135,7 +123,7 @@ def test_a_sweep_shows_its_headline_difference_in_exp_show(finished):
     ws = finished
     sh(ws, "dvc", "commit", "-f", "-q")
     sh(ws, "git", "add", "-A")
-    sh(ws, "git", "commit", "-qm", "before the sweep")
+    sh(ws, "git", "commit", "-q", "--allow-empty", "-m", "before the sweep")
     for beta in ("0.25", "4.0"):
         sh(ws, "dvc", "exp", "run", "-n", f"beta{beta}", "-S", f"methods.sep.beta={beta}")
     rows = json.loads(sh(ws, "dvc", "exp", "show", "--json").stdout)

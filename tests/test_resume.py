@@ -179,10 +179,10 @@ def _outputs(ws, folder):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, digits_upstream):
+def base(tmp_path_factory, recorded_digits):
     """A tiny digits workspace (the session's data, tests/upstream.py) with an uninterrupted pretrain of
     EPOCHS and its subspace; the uninterrupted sep cell's bytes; the pretrain outputs' bytes."""
-    ws = clone_upstream(digits_upstream, tmp_path_factory.mktemp("resume") / "ws", **EPOCHS)
+    ws = clone_upstream(recorded_digits, tmp_path_factory.mktemp("resume") / "ws", **EPOCHS)
     for args in (["pretrain"], ["subspace"]):
         subprocess.run([sys.executable, "-m", "fsood", *args, "--benchmark", "digits"], cwd=ws, check=True,
                        capture_output=True)
