@@ -62,7 +62,7 @@ def schedule_steps(cfg: dict, steps_per_epoch: int) -> int:
 
 @dataclass
 class _Run:
-    """What every step of one training run uses (built once by :func:`train`)."""
+    """What every step of one training run uses (built once by :func:`_start`)."""
 
     model: torch.nn.Module
     net: torch.nn.Module  # the model, wrapped for data parallelism
@@ -177,6 +177,37 @@ def _epoch(run: _Run, epoch: int, step: int, prefetch: ThreadPoolExecutor) -> tu
     return row, step
 
 
+def _start(model, id_x, id_y, cfg, runtime, device, norm, objective, seed, outlier_x, desc, ctx, resume):
+    """The run's state (:class:`_Run`) and the resume file's content (None: start at epoch 0), in the order
+    that fixes the generator's draws: the model takes a resumed state before the DDP wrapper broadcasts it."""
+    gen = torch.Generator().manual_seed(seed)
+    xs, xo = Rows(id_x, device), None if outlier_x is None else Rows(outlier_x, device)
+    # pretraining has one batch size; fine-tuning zips an ID batch with an outlier batch
+    bs_in = cfg["batch_size"] if xo is None else cfg["id_batch_size"]
+    check_shards(cfg, ctx.world_size, outliers=xo is not None)
+    steps_per_epoch = _steps_per_epoch(len(xs), bs_in, ctx, desc)
+    total_steps = schedule_steps(cfg, steps_per_epoch)
+    state = None if resume is None else load_resume(resume, cfg["epochs"], ctx, device, desc)
+    if state is not None:  # before the DDP wrapper, which broadcasts rank 0's weights when built
+        model.load_state_dict(state["model"])
+    net = dist.wrap(model, ctx, device)  # forward through DDP; model.fc stays the classifier
+    opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
+    run = _Run(model, net, opt, gen, objective, cfg, runtime, device, ctx, normalizer(norm, device), xs,
+               torch.from_numpy(id_y).to(device), xo, bs_in, 0 if xo is None else cfg["outlier_batch_size"],
+               steps_per_epoch, total_steps, desc)
+    return run, state
+
+
+def _announce(run: _Run, bar: tqdm, lines: bool, epoch: int, row: dict) -> None:
+    """An epoch's loss and accuracy: the bar's postfix, or (``lines``: no terminal) one stderr line; the log."""
+    bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['id_train_acc']:.3f}")
+    if lines:
+        print(f"{run.desc}: epoch {epoch + 1}/{run.cfg['epochs']} loss {row['total']:.3f} "
+              f"acc {row['id_train_acc']:.3f}", file=sys.stderr, flush=True)
+    if run.ctx.is_main:
+        log.info("%s epoch %d: %s", run.desc, epoch, {k: round(v, 5) for k, v in row.items()})
+
+
 def train(
     model: torch.nn.Module,
     id_x: np.ndarray | ImageSet,
@@ -212,21 +243,7 @@ def train(
 
     ``after_epoch(epoch, row)``: called after each epoch (and its resume file), e.g. to evaluate the model.
     """
-    gen = torch.Generator().manual_seed(seed)
-    xs, xo = Rows(id_x, device), None if outlier_x is None else Rows(outlier_x, device)
-    # pretraining has one batch size; fine-tuning zips an ID batch with an outlier batch
-    bs_in = cfg["batch_size"] if xo is None else cfg["id_batch_size"]
-    check_shards(cfg, ctx.world_size, outliers=xo is not None)
-    steps_per_epoch = _steps_per_epoch(len(xs), bs_in, ctx, desc)
-    total_steps = schedule_steps(cfg, steps_per_epoch)
-    state = None if resume is None else load_resume(resume, cfg["epochs"], ctx, device, desc)
-    if state is not None:  # before the DDP wrapper, which broadcasts rank 0's weights when built
-        model.load_state_dict(state["model"])
-    net = dist.wrap(model, ctx, device)  # forward through DDP; model.fc stays the classifier
-    opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
-    run = _Run(model, net, opt, gen, objective, cfg, runtime, device, ctx, normalizer(norm, device), xs,
-               torch.from_numpy(id_y).to(device), xo, bs_in, 0 if xo is None else cfg["outlier_batch_size"],
-               steps_per_epoch, total_steps, desc)
+    run, state = _start(model, id_x, id_y, cfg, runtime, device, norm, objective, seed, outlier_x, desc, ctx, resume)
     history, step, first_epoch = _restore(run, state)
     # a bar on an interactive terminal only (disable=None: off when stderr is not a TTY); elsewhere (a pipe,
     # a cluster's log) one line per epoch instead, so parallel jobs' output stays one line per job and epoch
@@ -237,14 +254,9 @@ def train(
         for epoch in bar:
             row, step = _epoch(run, epoch, step, prefetch)
             history.append(row)
-            bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['id_train_acc']:.3f}")
-            if lines:
-                print(f"{desc}: epoch {epoch + 1}/{cfg['epochs']} loss {row['total']:.3f} "
-                      f"acc {row['id_train_acc']:.3f}", file=sys.stderr, flush=True)
-            if ctx.is_main:
-                log.info("%s epoch %d: %s", desc, epoch, {k: round(v, 5) for k, v in row.items()})
+            _announce(run, bar, lines, epoch, row)
             if resume is not None:
-                save_resume(resume, model, opt, gen, objective, epoch, step, history, ctx, device, desc)
+                save_resume(resume, model, run.opt, run.gen, objective, epoch, step, history, ctx, device, desc)
             if after_epoch is not None:  # e.g. benchmarks/pretrain_recipes.py's test accuracy; must not train
                 after_epoch(epoch, row)
     dist.broadcast_buffers(model, ctx)
