@@ -84,6 +84,7 @@ def test_loss_is_the_hand_combined_terms_in_each_stage(method, mean_over_classes
         total, terms = run(method, cfg, logits, z, w, y, epoch)
         assert total.item() == pytest.approx(hand_loss(method, cfg, logits, z, w, y, stage2), abs=1e-10)
         assert {"ce", "oe", "clu", "sep"} <= set(terms)  # every method reports the monitoring terms
+        assert terms["stage"].item() == (2.0 if stage2 else 1.0)  # history.csv's stage column, the report's line
         assert all(not v.requires_grad for v in terms.values())
 
 

@@ -7,6 +7,8 @@ import sys
 import pytest
 
 from conftest import TINY, edit_params
+from fsood.io import load_npz
+from fsood.metrics import ood_metrics
 from upstream import copy_recorded, sh
 
 pytestmark = pytest.mark.slow
@@ -29,6 +31,12 @@ def test_every_cell_has_its_folder_metrics_and_log(finished):
         assert set(metrics["scores"]["fs"]) == {"digits_5_9", "photo_china", "gaussian", "rademacher", "blobs", "mean"}
         assert 0 <= metrics["scores"]["fs"]["mean"]["fpr95"] <= 100
         assert (cell / "model.pt").stat().st_size > 1000 and (cell / "cache.npz").is_file()
+        # scores.npz holds the per-image scores the metrics (and the report's histograms) come from
+        stored = load_npz(cell / "scores.npz")
+        ood_sets = [k for k in metrics["scores"]["fs"] if k != "mean"]
+        assert set(stored) == {f"{score}__{name}" for score in metrics["scores"] for name in ["id_test", *ood_sets]}
+        redone = ood_metrics(stored["fs__id_test"], stored["fs__photo_china"], "id_positive", 0.95)
+        assert round(100 * redone["fpr95"], 4) == metrics["scores"]["fs"]["photo_china"]["fpr95"]
         for stage in ("finetune", "score"):
             log = finished / "logs" / stage / f"digits-{method}-0.log"
             assert f"{stage} done" in log.read_text()

@@ -16,7 +16,7 @@ import yaml
 
 from fsood import contract
 from fsood.config import validate_params
-from fsood.io import save_npz, write_json, write_text
+from fsood.io import load_npz, save_npz, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS, SEEDS = ["oe", "sep"], [0, 1]
@@ -55,9 +55,9 @@ def fake_cache(method: str, seed: int) -> dict[str, np.ndarray]:
 
 
 def build_tree(root: Path, params: dict, extra_methods=()) -> dict:
-    """results/digits/<method>/seed<s>/{cache.npz,metrics.json} and subspace nc.json; returns metrics."""
+    """results/digits/<method>/seed<s>/{cache.npz,scores.npz,metrics.json} and subspace nc.json; returns metrics."""
     from fsood import nc
-    from fsood.evaluation import metrics_from_cache
+    from fsood.evaluation import flat_scores, metrics_from_cache, score_cache
 
     written = {}
     for method in [*METHODS, *extra_methods]:
@@ -67,6 +67,7 @@ def build_tree(root: Path, params: dict, extra_methods=()) -> dict:
             metrics = metrics_from_cache(cache, params["score"])
             metrics.update(cell=f"digits-{method}-{seed}", benchmark="digits", method=method, seed=seed)
             save_npz(root / out["cache"], cache)
+            save_npz(root / out["scores"], flat_scores(score_cache(cache, params["score"])))
             write_json(root / out["metrics"], metrics)
             written[method, seed] = metrics
             history = contract.outs("finetune", benchmark="digits", method=method, seed=seed)
@@ -74,7 +75,8 @@ def build_tree(root: Path, params: dict, extra_methods=()) -> dict:
             write_text(root / history["history"], pd.DataFrame({
                 "epoch": epochs, "lr": 0.1 / (1 + epochs), "id_train_acc": 0.9 + 0.01 * epochs, "ce": 1.0 / (1 + epochs),
                 "clu": -0.5 - 0.05 * epochs, "oe": 2.0 - 0.1 * epochs, "ood_abs_cos": 0.5 / (1 + epochs + seed),
-                "sep": 1.5 / (1 + epochs + seed), "total": 3.0 / (1 + epochs)}).to_csv(index=False))
+                "sep": 1.5 / (1 + epochs + seed), "total": 3.0 / (1 + epochs),
+                "stage": np.where(epochs >= 3, 2.0, 1.0)}).to_csv(index=False))
     cache = fake_cache("pretrained", 0)  # the one pretrained model of the benchmark
     m = nc.nc_metrics(cache["id_test__features"], cache["id_test__labels"], cache["fc_weight"])
     write_json(root / contract.outs("subspace", benchmark="digits")["nc"], {k: round(v, 6) for k, v in m.items()})
@@ -200,6 +202,32 @@ def test_missing_metrics_fails_before_writing(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="score stage") as err:
         report.run(params, "digits")
     assert str(missing) in str(err.value)
+    out = contract.out("report", "nc", benchmark="digits").parent
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_histograms_show_the_scores_the_score_stage_wrote():
+    """The report draws scores.npz as it is (no detector refitted): what a cell stored is what is plotted."""
+    from fsood.stages import report
+
+    stored = {m: {f"fs__{name}": np.full(4, i + 10.0 * j) for j, name in enumerate(["id_test", "photo_china"])}
+              for i, m in enumerate(["oe", "sep"])}
+    frame = report.histogram_frame(stored, ["oe", "sep"], ["photo_china"], "fs")
+    got = frame.groupby(["method", "set"])["score"].agg(["mean", "size"])
+    assert got.loc[("sep", "photo_china")].tolist() == [11.0, 4] and got.loc[("oe", "id_test")].tolist() == [0.0, 4]
+
+
+def test_scores_lacking_the_main_score_are_stale_and_nothing_is_written(tmp_path, monkeypatch):
+    from fsood.stages import report
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    build_tree(Path("."), params)
+    path = contract.outs("score", benchmark="digits", method="sep", seed=params["report"]["projection_seed"])["scores"]
+    main = params["score"]["main"]
+    save_npz(path, {k: v for k, v in load_npz(path).items() if not k.startswith(f"{main}__")})
+    with pytest.raises(ValueError, match=f"scores.npz lacks .*'{main}__id_test'.*rerun its score stage"):
+        report.run(params, "digits")
     out = contract.out("report", "nc", benchmark="digits").parent
     assert not out.exists() or not any(out.iterdir())
 

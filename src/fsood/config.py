@@ -109,6 +109,13 @@ def score_params(params: dict, benchmark: str) -> dict:
     return _merged(params["score"], params["benchmarks"][benchmark]["score"])
 
 
+def paired_score(score_cfg: dict, method: str) -> str:
+    """The score a method is judged by (``score.pairing``). The paper's pairing (Appendix A.8): the
+    auxiliary-data baselines with MSP, its own method and its Table 5 / 9 variants with Eq. 6 (``fs``)."""
+    pairing = score_cfg["pairing"]
+    return pairing["methods"].get(method, pairing["default"])
+
+
 def runtime_params(params: dict, benchmark: str) -> dict:
     """The ``runtime`` section with the benchmark's overrides (``benchmarks.<b>.runtime``) applied."""
     return _merged(params["runtime"], params["benchmarks"][benchmark]["runtime"])

@@ -213,6 +213,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         "score", "Stage 5: one forward pass per test set into the cache; every score from the cache.",
         ("benchmark", "method", "seed"), "results/{benchmark}/{method}/seed{seed}",
         outputs={"cache": Output("cache.npz"),
+                 "scores": Output("scores.npz"),  # every score of ID test and each OOD set, per image
                  "metrics": Output("metrics.json", cache=False),  # every score x set: by path, not a default metric
                  # ROC of the method's paired score (score.pairing), ID test vs the main OOD sets pooled
                  "roc": Output("roc.csv", kind="plots", cache=False, plot=("fpr", "tpr"), template="simple"),
@@ -242,7 +243,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
             "nc": Output("nc_metrics.png", figure="nc", label="NC metrics"),
             "curves": Output("training_curves.png", figure="curves", label="training curves"),
         },
-        inputs={"cache": Input("score", "cache", over=("method", "seed")),
+        inputs={"cache": Input("score", "cache", over=("method", "seed")),  # features, for the projection
+                "scores": Input("score", "scores", over=("method", "seed")),  # for the histograms
                 "metrics": Input("score", "metrics", over=("method", "seed")),
                 "nc": Input("subspace", "nc"),
                 "history": Input("finetune", "history", over=("method", "seed"))},
@@ -251,8 +253,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                 # what the cells started from, named in the paper comparison
                 "benchmarks.{benchmark}.pretrain.checkpoint", "benchmarks.{benchmark}.pretrain.epochs",
                 "benchmarks.{benchmark}.pretrain.schedule_epochs", "benchmarks.{benchmark}.pretrain.fast_recipe",
-                PRETRAIN_SEED,
-                "benchmarks.{benchmark}.finetune.stage2_epoch"),
+                PRETRAIN_SEED),
         entry=("fsood.stages.report",), files=("paper_results.yaml",),
         resources=Resources(mem_mb=2000, runtime=30),
     ),

@@ -21,13 +21,6 @@ NOT_OOD = ("id_test", FIT_SET)
 TRAIN_SIZE = "id_train_size"  # images in the whole ID-train set, of which the fit pass holds a sample
 
 
-def paired_score(score_cfg: dict, method: str) -> str:
-    """The score a method is judged by (``score.pairing``). The paper's pairing (Appendix A.8): the
-    auxiliary-data baselines with MSP, its own method and its Table 5 / 9 variants with Eq. 6 (``fs``)."""
-    pairing = score_cfg["pairing"]
-    return pairing["methods"].get(method, pairing["default"])
-
-
 def detector(name: str, score_cfg: dict) -> Detector:
     """The detector ``name`` with its options from params' ``score`` section (not yet fitted)."""
     options = {
@@ -72,6 +65,11 @@ def score_cache(cache: dict[str, np.ndarray], score_cfg: dict) -> dict[str, dict
     return out
 
 
+def flat_scores(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """:func:`score_cache`'s result as the arrays of scores.npz: ``<score>__<set>``."""
+    return {f"{score}__{name}": values for score, per_set in scores.items() for name, values in per_set.items()}
+
+
 def _check_groups(groups: dict[str, list[str]], ood_sets: list[str]) -> None:
     for group, members in groups.items():
         if group in ood_sets:
@@ -93,19 +91,21 @@ def _train_class_means(cache: dict[str, np.ndarray]) -> np.ndarray | None:
 
 
 def metrics_from_cache(cache: dict[str, np.ndarray], score_cfg: dict,
-                       groups: dict[str, list[str]] | None = None) -> dict:
+                       groups: dict[str, list[str]] | None = None,
+                       scores: dict[str, dict[str, np.ndarray]] | None = None) -> dict:
     """Per-score, per-OOD-set metrics in percent, group means, ID accuracy and feature separation.
 
     ``groups`` maps a row name to the OOD sets it averages, e.g. ``{"mean": main sets,
     "hard_mean": the hard-OOD sets of the paper's Table 11}``; default ``{"mean": every OOD set in the cache}``.
-    A group with no sets gets no row. Every OOD set has its own row either way.
+    A group with no sets gets no row. Every OOD set has its own row either way. ``scores``: what
+    :func:`score_cache` gave for this cache, if the caller has it already.
     """
     pct = lambda v: round(100.0 * v, 4)  # noqa: E731
     ood_sets = cache_sets(cache)
     groups = {"mean": ood_sets} if groups is None else groups
     _check_groups(groups, ood_sets)
     result = {"scores": {}}
-    for score, per_set in score_cache(cache, score_cfg).items():
+    for score, per_set in (score_cache(cache, score_cfg) if scores is None else scores).items():
         rows = {name: M.ood_metrics(per_set["id_test"], per_set[name], score_cfg["convention"], score_cfg["tpr"])
                 for name in ood_sets}
         for group, members in groups.items():

@@ -145,7 +145,9 @@ def make_objective(
             terms["energy"] = energy_oe_loss(logits[:n_in], logits[n_in:], cfg["m_in"], cfg["m_out"])
         if augment is not None:
             terms.update(augment(z[n_in:]))
-        weights = {**stage1, **stage2} if epoch >= stage2_epoch else stage1
+        in_stage2 = epoch >= stage2_epoch
+        weights = {**stage1, **stage2} if in_stage2 else stage1
+        terms["stage"] = logits.new_tensor(2.0 if in_stage2 else 1.0)  # history.csv: the paper's stage I or II
         total = terms["ce"]
         for term, weight in weights.items():
             total = total + weight * terms[term]

@@ -242,8 +242,9 @@ CURVE_TERMS = {
 }
 
 
-def training_curves(history: pd.DataFrame, methods: list[str], stage2_epoch: int, title: str) -> Figure:
-    """Per-epoch fine-tuning curves (mean and range over seeds), one panel per term.
+def training_curves(history: pd.DataFrame, methods: list[str], title: str) -> Figure:
+    """Per-epoch fine-tuning curves (mean and range over seeds), one panel per term; a dashed line where the
+    history's ``stage`` column first reads 2 (stage II, the cosine terms added).
 
     The cosine terms are monitored for every method (their gradient flows only for `sep`, `oe_clu`,
     `oe_sep` and `sep_energy`, and only in stage II),
@@ -256,16 +257,19 @@ def training_curves(history: pd.DataFrame, methods: list[str], stage2_epoch: int
     nrows = -(-len(terms) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    stage2 = history.loc[history["stage"] >= 2, "epoch"] if "stage" in history.columns else pd.Series(dtype=float)
     for ax, term in zip(axes.flat, terms):
         sns.lineplot(data=history, x="epoch", y=term, hue="method", hue_order=methods, palette=palette,
                      errorbar=("pi", 100), ax=ax, legend=False)
-        ax.axvline(stage2_epoch - 0.5, color="0.4", ls="--", lw=1)
+        if len(stage2):
+            ax.axvline(stage2.min() - 0.5, color="0.4", ls="--", lw=1)
         ax.set_title(CURVE_TERMS[term], fontsize=11)
         ax.set_ylabel("")
     for ax in axes.flat[len(terms):]:
         ax.axis("off")
     handles = [Line2D([], [], color=palette[m], lw=2, label=m) for m in methods]
-    handles.append(Line2D([], [], color="0.4", ls="--", lw=1, label="stage II starts"))
+    if len(stage2):
+        handles.append(Line2D([], [], color="0.4", ls="--", lw=1, label="stage II starts"))
     fig.suptitle(title, y=0.99, fontsize=13)
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 0.94))
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.8, hspace=0.45, wspace=0.25)

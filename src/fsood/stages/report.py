@@ -2,8 +2,8 @@
 
 Reads only the cells that params.yaml's grid names (never a glob of results/: a stale cell
 must not slip in). Every input is loaded and checked before anything is written; each output
-is then written atomically. Torch is never imported: scores for the histograms are
-recomputed from the cache with ``fsood.detectors`` (numpy / scipy only). The paper's published
+is then written atomically. Torch is never imported, and nothing the score stage computed is
+computed again: the histograms read its scores.npz, the projection its cache's features. The paper's published
 numbers (``fsood.paper``) are set beside the measured ones in paper_comparison.md / .csv.
 """
 from __future__ import annotations
@@ -17,9 +17,8 @@ from tqdm import tqdm
 
 from fsood import contract, nc, paper, plots
 from fsood.comparison import feature_lines, paired_difference_lines
-from fsood.config import ood_set_names, score_params
+from fsood.config import ood_set_names, paired_score, score_params
 from fsood.io import load_npz, read_json, write_bytes, write_json, write_text
-from fsood.evaluation import fitted_detector, paired_score
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +63,26 @@ def load_inputs(params: dict, benchmark: str) -> dict:
     grid = params["grid"]
     cells = [(m, s) for m in grid["methods"] for s in grid["seeds"]]
     seed = params["report"]["projection_seed"]
-    cache_methods = list(dict.fromkeys(grid["methods"] + projection_methods(grid["methods"])))
     metric_files = {cell: _cell_file(benchmark, *cell, "metrics") for cell in cells}
-    cache_files = {m: _cell_file(benchmark, m, seed, "cache") for m in cache_methods}
+    score_files = {m: _cell_file(benchmark, m, seed, "scores") for m in grid["methods"]}
+    cache_files = {m: _cell_file(benchmark, m, seed, "cache") for m in projection_methods(grid["methods"])}
     nc_file = _nc_file(benchmark)  # of the one pretrained model every cell fine-tunes
     tuned = [(m, s) for m, s in cells if m != "none"]  # `none` carries the pretraining curve
     history_files = {cell: _history_file(benchmark, *cell) for cell in tuned}
     bar = dict(unit="cell", disable=None)  # a bar on a terminal only (not in a pipe or a cluster's log)
     metrics = {cell: read_json(p) for cell, p in tqdm(metric_files.items(), desc="report: metrics", **bar)}
+    scores = {m: load_npz(p) for m, p in score_files.items()}
     caches = {m: load_npz(p) for m, p in tqdm(cache_files.items(), desc=f"report: caches seed {seed}", **bar)}
     nc_train = read_json(nc_file)
     history = [pd.read_csv(p).assign(method=m, seed=s) for (m, s), p in history_files.items()]
     _check_consistent(metrics, params, benchmark)
-    _check_caches(caches, ood_set_names(params["benchmarks"][benchmark]), benchmark, seed)
+    ood_sets = ood_set_names(params["benchmarks"][benchmark])
+    _check_stored(caches, [f"{name}__{kind}" for name in ["id_test", *ood_sets]
+                           for kind in ("logits", "features", "labels")] + ["fc_weight"], "cache", benchmark, seed)
+    _check_stored(scores, [f"{params['score']['main']}__{name}" for name in ["id_test", *ood_sets]], "scores",
+                  benchmark, seed)
     published = paper.load()  # a malformed published entry stops the report before it writes anything
-    return {"metrics": metrics, "caches": caches, "nc": nc_train, "paper": published,
+    return {"metrics": metrics, "caches": caches, "scores": scores, "nc": nc_train, "paper": published,
             "history": pd.concat(history, ignore_index=True) if history else pd.DataFrame()}
 
 
@@ -96,13 +100,13 @@ def _check_consistent(metrics: dict, params: dict, benchmark: str) -> None:
                                  f"{missing}: it is stale, rerun its score stage")
 
 
-def _check_caches(caches: dict, ood_sets: list[str], benchmark: str, seed: int) -> None:
-    for method, cache in caches.items():
-        missing = [f"{name}__{kind}" for name in ["id_test", *ood_sets] for kind in ("logits", "features", "labels")
-                   if f"{name}__{kind}" not in cache]
-        if missing or "fc_weight" not in cache:
-            raise ValueError(f"{benchmark}/{method}/seed{seed} cache.npz lacks {missing or ['fc_weight']}: "
-                             "it is stale, rerun its score stage")
+def _check_stored(stored: dict, keys: list[str], output: str, benchmark: str, seed: int) -> None:
+    """Each method's score-stage ``output`` (an npz, loaded into ``stored``) holds every one of ``keys``."""
+    for method, arrays in stored.items():
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            path = contract.out("score", output, benchmark=benchmark, method=method, seed=seed)
+            raise ValueError(f"{path} lacks {missing}: it is stale, rerun its score stage")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -238,16 +242,11 @@ def headline_json(metrics: dict, nc_train: dict, params, benchmark: str) -> dict
 
 # ----------------------------------------------------------------------------- figure data
 
-def histogram_frame(caches: dict, methods: list[str], sets: list[str], score_cfg: dict) -> pd.DataFrame:
-    """Long DataFrame (method, set, score) of the main score for ID test and each OOD set."""
-    main = score_cfg["main"]
-    parts = []
-    for method in methods:
-        cache = caches[method]
-        det = fitted_detector(main, score_cfg, cache)  # KNN, ViM, ...: fitted on the cell's ID-train subset
-        for name in ["id_test", *sets]:
-            s = det.score_set(cache, name)
-            parts.append(pd.DataFrame({"method": method, "set": name, "score": s}))
+def histogram_frame(scores: dict, methods: list[str], sets: list[str], main: str) -> pd.DataFrame:
+    """Long DataFrame (method, set, score) of the main score for ID test and each OOD set, as each cell's
+    score stage wrote it (scores.npz: fitted scores such as KNN learnt from that cell's ID-train subset)."""
+    parts = [pd.DataFrame({"method": method, "set": name, "score": scores[method][f"{main}__{name}"]})
+             for method in methods for name in ["id_test", *sets]]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -336,7 +335,7 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
     sub = f"({benchmark}, {conv_short})"
 
     fpr = {(m, s): metrics[m, seed]["scores"][main][s]["fpr95"] for m in grid["methods"] for s in ood_sets}
-    hist = plots.score_histograms(histogram_frame(inputs["caches"], grid["methods"], ood_sets, score_cfg),
+    hist = plots.score_histograms(histogram_frame(inputs["scores"], grid["methods"], ood_sets, main),
                                   main, grid["methods"], ood_sets, fpr, f"{sub}, seed {seed}")
     heat = summary[(summary["score"] == main) & (summary["metric"] == "fpr95") & (summary["ood_set"] != "id_test")]
     wide = {k: heat.pivot(index="method", columns="ood_set", values=k).astype(float)
@@ -365,7 +364,6 @@ def build_outputs(params: dict, benchmark: str, inputs: dict) -> dict[str, bytes
         "nc": plots.to_png(nc_fig),
         "curves": plots.to_png(plots.training_curves(
             inputs["history"], [m for m in grid["methods"] if m != "none"],
-            params["benchmarks"][benchmark]["finetune"]["stage2_epoch"],
             f"Fine-tuning curves, {benchmark}: mean and range over {n_seeds} seed(s)")),
     }
 

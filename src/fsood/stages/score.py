@@ -1,4 +1,5 @@
-"""Stage 5, score: one forward pass per set into a cache, then every score from the cache.
+"""Stage 5, score: one forward pass per set into a cache, then every score from the cache (scores.npz,
+which the report's histograms read) and the metrics.
 
 The cache holds ID test, every OOD set of the manifest (main ``ood_sets`` and, where the
 benchmark has them, ``hard_ood_sets``: the paper's Table 11), a capped ID-train subset for the fitted
@@ -14,10 +15,10 @@ import numpy as np
 
 from fsood import contract, provenance
 from fsood import runtime as rt
-from fsood.config import score_params
+from fsood.config import paired_score, score_params
 from fsood.detectors import Mahalanobis
 from fsood.detectors.gradient import mahalanobis_scores, odin_scores
-from fsood.evaluation import FIT_SET, TRAIN_SIZE, fitted_detector, metrics_from_cache, paired_score
+from fsood.evaluation import FIT_SET, TRAIN_SIZE, fitted_detector, flat_scores, metrics_from_cache, score_cache
 from fsood.inference import forward_pass
 from fsood.io import save_npz, write_json, write_text
 from fsood.metrics import roc_points
@@ -91,13 +92,17 @@ def metric_groups(manifest: dict) -> dict[str, list[str]]:
     return groups
 
 
-def roc_csv(cache: dict, score_cfg: dict, method: str, ood_sets: list[str]) -> str:
+def roc_csv(cache: dict, scores: dict, score_cfg: dict, method: str, ood_sets: list[str]) -> str:
     """The ROC curve (ID positive) of the method's paired score, ID test against the main OOD sets pooled,
-    as CSV (fpr, tpr, threshold) for ``dvc plots``."""
+    as CSV (fpr, tpr, threshold) for ``dvc plots``. ``scores``: :func:`score_cache`'s, which holds the paired
+    score unless score.scores leaves it out (then it is computed here)."""
     score = paired_score(score_cfg, method)
-    det = fitted_detector(score, score_cfg, cache)
-    ood = np.concatenate([det.score_set(cache, name) for name in ood_sets])
-    points = roc_points(det.score_set(cache, "id_test"), ood, ROC_POINTS)
+    if score in scores:
+        per_set = scores[score]
+    else:
+        det = fitted_detector(score, score_cfg, cache)
+        per_set = {name: det.score_set(cache, name) for name in ["id_test", *ood_sets]}
+    points = roc_points(per_set["id_test"], np.concatenate([per_set[name] for name in ood_sets]), ROC_POINTS)
     rows = [f"{f:.6f},{t:.6f},{h:.9g}" for f, t, h in zip(points["fpr"], points["tpr"], points["threshold"])]
     return "\n".join(["fpr,tpr,threshold", *rows]) + "\n"
 
@@ -107,10 +112,12 @@ def run(params: dict, benchmark: str, method: str, seed: int) -> None:
     cache = build_cache(params, benchmark, method, seed)
     save_npz(out["cache"], cache)
     score_cfg = score_params(params, benchmark)
-    result = metrics_from_cache(cache, score_cfg, metric_groups(benchmark_data(benchmark).manifest))
+    scores = score_cache(cache, score_cfg)  # every score of every set, once: metrics, ROC and the report read them
+    save_npz(out["scores"], flat_scores(scores))
+    result = metrics_from_cache(cache, score_cfg, metric_groups(benchmark_data(benchmark).manifest), scores)
     result.update(cell=f"{benchmark}-{method}-{seed}", benchmark=benchmark, method=method, seed=seed)
     write_json(out["metrics"], result)
-    write_text(out["roc"], roc_csv(cache, score_cfg, method, benchmark_data(benchmark).manifest["ood_sets"]))
+    write_text(out["roc"], roc_csv(cache, scores, score_cfg, method, benchmark_data(benchmark).manifest["ood_sets"]))
     # last, so an interrupted job leaves no record of outputs that were not all written
     write_json(out["provenance"], provenance.build(params, benchmark, method, seed, FIT_SUBSET_SEED))
     main = score_cfg["main"]
