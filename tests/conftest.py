@@ -60,15 +60,26 @@ def recorded_digits(tmp_path_factory) -> Path:
     return build_recorded(tmp_path_factory.mktemp("recorded") / "ws")
 
 
-# pytest-xdist (pyproject: -n auto --dist loadgroup) runs a group whole on one worker. A group per
-# module keeps a module's fixtures built once; the modules that start from the recorded digits run
-# share one group, so that one worker builds it once for all of them.
+# pytest-xdist (pyproject: -n auto --dist loadfile) runs each module whole on one worker, so that its
+# module-scoped fixtures are built once. The modules that start from the recorded digits run are sent
+# to one worker together, which builds that run once for all of them. (xdist's own grouping by marks,
+# --dist loadgroup, renames node ids in a way pytest 9 no longer reads: it would scatter them.)
 RECORDED_MODULES = {"test_pipeline", "test_edit_reruns", "test_exact_rebuild", "test_bad_inputs", "test_ddp",
                     "test_resume"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(items):
-    for item in items:
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("recorded_digits" if module in RECORDED_MODULES else module))
+def work_unit(nodeid: str) -> str:
+    """The scheduling unit of a test: its module, or the group of the modules sharing the recorded run."""
+    module = nodeid.split("::", 1)[0]
+    return "recorded_digits" if Path(module).stem in RECORDED_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unused where it is not installed
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):  # xdist's default order: units with the most tests first
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)

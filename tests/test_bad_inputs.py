@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 import paper_fakes
-from conftest import ROOT, TINY, edit_params, make_workspace
+from conftest import ROOT, edit_params, make_workspace
 from trust_table import readme_table, render, trust_counts
 from upstream import clone_upstream
 from fsood import io as fsood_io

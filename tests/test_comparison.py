@@ -1,7 +1,6 @@
 """The summary's paired per-seed differences and feature table (fsood.comparison), on hand-made cells."""
 from __future__ import annotations
 
-import numpy as np
 
 from fsood.comparison import feature_lines, paired_difference_lines
 

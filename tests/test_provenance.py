@@ -14,7 +14,7 @@ from fsood.provenance import diff_keys, git_commit
 
 CELL = ("--benchmark", "digits", "--method", "sep", "--seed", "0")
 CELL_DIR = "results/digits/sep/seed0"
-OUTPUTS = ("model.pt", "history.csv", "cache.npz", "metrics.json", "roc.csv")
+OUTPUTS = ("model.pt", "history.csv", "cache.npz", "scores.npz", "metrics.json", "roc.csv")
 # Tests that use the built cell: ~20-50 s of shared setup on 2 cores, then ~20 s per rebuild.
 SLOW = pytest.mark.slow
 # TINY, cut further: every rebuild reruns finetune and score, so each second counts.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp, softmax
+from scipy.special import logsumexp
 
 from fsood.detectors.base import Detector, cached_pass, check_classes, fitted, register, unit_rows
 from fsood.detectors.basic import max_logit
