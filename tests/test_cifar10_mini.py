@@ -94,7 +94,8 @@ def slice_run(tmp_path_factory):
     bench = "benchmarks.cifar10-mini"
     edit_params(ws, **{"grid.benchmarks": ["cifar10-mini"], "grid.methods": ["none", "oe", "sep"],
                        "grid.seeds": [0], f"{bench}.data": sliced(MINI),
-                       f"{bench}.pretrain.epochs": 1, "report.projection_seed": 0})
+                       f"{bench}.pretrain.epochs": 1, f"{bench}.finetune.epochs": 2, f"{bench}.finetune.stage2_epoch": 1,
+                       "report.projection_seed": 0})
     env = dict(os.environ, FSOOD_MIRROR=str(found))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "all"], cwd=ws, env=env,
                           capture_output=True, text=True)

@@ -126,6 +126,25 @@ def test_nc1_and_class_means_against_loops():
     assert nc_metrics(feats, labels, weight)["nc1"] == pytest.approx(nc1, rel=1e-8)
 
 
+def test_nc1_of_wide_features_from_few_samples_is_exact():
+    """ResNet-50's 2048-d features of a dozen images: Sigma_B is 2048 x 2048 of rank C - 1, where a pinv of the
+    full matrix kept float noise as directions (it gave -2.9e11 on this draw). The reference works in the
+    (C - 1)-dimensional span of the centred means, where nothing is ill-conditioned."""
+    rng = np.random.default_rng(0)
+    C, d, n = 3, 2048, 12
+    feats, labels = rng.normal(size=(n, d)), np.arange(n) % C
+    mus = class_means(feats, labels, C)
+    centred, within = mus - mus.mean(0), feats - mus[labels]
+    q, _ = np.linalg.qr(centred.T)  # (d, C): spans the means (one direction is their null sum)
+    sigma_w = q.T @ (within.T @ within / n) @ q
+    sigma_b = q.T @ (centred.T @ centred / C) @ q
+    vals, vecs = np.linalg.eigh(sigma_b)
+    keep = vals > vals.max() * 1e-10
+    expected = float(np.trace(sigma_w @ (vecs[:, keep] / vals[keep]) @ vecs[:, keep].T) / C)
+    got = nc_metrics(feats, labels, rng.normal(size=(C, d)))["nc1"]
+    assert got == pytest.approx(expected, rel=1e-9) and got > 0
+
+
 def test_class_means_missing_class_raises():
     feats = np.ones((3, 2))
     with pytest.raises(ValueError, match="1"):
