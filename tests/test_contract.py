@@ -150,3 +150,13 @@ def test_the_report_imports_no_torch():
     code = "import sys, fsood.stages.report; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_report_computes_no_score_again():
+    """docs/architecture.md: the report reads the score stage's scores.npz; no detector or evaluation code is
+    among what it runs, so an edit of a score reruns the score jobs, and the report only through their outputs."""
+    code = contract.stage("report").code_files()
+    assert "stages/report.py" in code
+    assert not [f for f in code if f.startswith("detectors/") or f == "evaluation.py"], code
+    assert "scores" in contract.stage("report").inputs
+
