@@ -77,6 +77,11 @@ def test_shipped_params_are_valid():
          ["benchmarks.cifar10.methods.sep.detach_weight='yes' has type str", "bool"]),
         ({"benchmarks.imagenet.score": {"options": {"knn": {"k": 0}}}},
          ["benchmarks.imagenet.score overrides give an invalid score section", "options.knn.k"]),
+        # the merged score section is what the score stage computes and the report reads
+        ({"benchmarks.digits.score": {"scores": ["msp", "energy"]}},
+         ["benchmarks.digits.score overrides: score.main='fs' is not in score.scores ['msp', 'energy']"]),
+        ({"benchmarks.digits.score": {"pairing": {"default": "knn"}}},
+         ["benchmarks.digits.score overrides: score.pairing pairs method 'oe' with score 'knn'"]),
         ({"benchmarks.cifar10.pretrain.checkpoint": 5}, ["benchmarks.cifar10.pretrain.checkpoint"]),
         ({"benchmarks.cifar10.data.hard_ood_sets": ["svhn"]}, ["['svhn'] listed in both ood_sets and hard_ood_sets"]),
         ({"benchmarks.cifar10.data.hard_ood_sets": ["cifar10"]}, ["'cifar10', its own in-distribution set"]),

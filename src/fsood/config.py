@@ -207,6 +207,9 @@ def _check_merged(params: dict) -> list[str]:
             for err in validator.iter_errors(value):
                 problems.append(f"benchmarks.{name}.{section} overrides give an invalid {section} section: "
                                 f"at {_where(err) if err.absolute_path else '(top level)'}: {err.message}")
+        if not problems:  # what the score stage and the report read is the merged section: its main and pairing
+            problems += [f"benchmarks.{name}.score overrides: {p}"
+                         for p in _check_scored(merged["score"], params["grid"]["methods"])]
     return problems
 
 
@@ -217,9 +220,7 @@ def _check_cross_fields(params: dict, source: str) -> None:
                 if name not in params["benchmarks"]]
     for name, bench in params["benchmarks"].items():
         problems += _check_benchmark(name, bench, params)
-    if params["score"]["main"] not in params["score"]["scores"]:
-        problems.append(f"score.main={params['score']['main']!r} is not in score.scores {params['score']['scores']}")
-    problems += _check_pairing(params["score"], grid["methods"])
+    problems += _check_scored(params["score"], grid["methods"])
     if params["report"]["projection_seed"] not in grid["seeds"]:
         problems.append(f"report.projection_seed={params['report']['projection_seed']} is not in grid.seeds "
                         f"{grid['seeds']}")
@@ -229,12 +230,15 @@ def _check_cross_fields(params: dict, source: str) -> None:
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _check_pairing(score: dict, methods: list[str]) -> list[str]:
-    """Every grid method's paired score (score.pairing) must be scored: the headline metrics report it."""
+def _check_scored(score: dict, methods: list[str]) -> list[str]:
+    """score.main (the report's histograms) and every grid method's paired score (score.pairing: the headline,
+    roc.csv) must be among score.scores, the scores the score stage computes."""
+    problems = [] if score["main"] in score["scores"] else [
+        f"score.main={score['main']!r} is not in score.scores {score['scores']}"]
     pairing = score.get("pairing", {})
     paired = {m: pairing.get("methods", {}).get(m, pairing.get("default")) for m in methods}
-    return [f"score.pairing pairs method {m!r} with score {s!r}, which is not in score.scores {score['scores']}"
-            for m, s in paired.items() if s is not None and s not in score["scores"]]
+    return problems + [f"score.pairing pairs method {m!r} with score {s!r}, which is not in score.scores "
+                       f"{score['scores']}" for m, s in paired.items() if s is not None and s not in score["scores"]]
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -44,7 +44,7 @@ def _nc1(within: np.ndarray, centred: np.ndarray, rcond: float = 1e-15) -> float
     num_classes = centred.shape[0]
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     eig = s**2 / num_classes  # Sigma_B's non-zero spectrum
-    keep = eig > rcond * eig.max() if eig.size and eig.max() > 0 else np.zeros(eig.shape, bool)
+    keep = eig > rcond * eig.max()  # none where all class means coincide: then NC1 is 0, as pinv gave
     projected = within @ vt[keep].T  # (N, r)
     return float(((projected**2).mean(axis=0) / eig[keep]).sum() / num_classes)
 

@@ -92,16 +92,11 @@ def metric_groups(manifest: dict) -> dict[str, list[str]]:
     return groups
 
 
-def roc_csv(cache: dict, scores: dict, score_cfg: dict, method: str, ood_sets: list[str]) -> str:
+def roc_csv(scores: dict, score_cfg: dict, method: str, ood_sets: list[str]) -> str:
     """The ROC curve (ID positive) of the method's paired score, ID test against the main OOD sets pooled,
     as CSV (fpr, tpr, threshold) for ``dvc plots``. ``scores``: :func:`score_cache`'s, which holds the paired
-    score unless score.scores leaves it out (then it is computed here)."""
-    score = paired_score(score_cfg, method)
-    if score in scores:
-        per_set = scores[score]
-    else:
-        det = fitted_detector(score, score_cfg, cache)
-        per_set = {name: det.score_set(cache, name) for name in ["id_test", *ood_sets]}
+    score (params validation refuses a pairing with a score that is not scored)."""
+    per_set = scores[paired_score(score_cfg, method)]
     points = roc_points(per_set["id_test"], np.concatenate([per_set[name] for name in ood_sets]), ROC_POINTS)
     rows = [f"{f:.6f},{t:.6f},{h:.9g}" for f, t, h in zip(points["fpr"], points["tpr"], points["threshold"])]
     return "\n".join(["fpr,tpr,threshold", *rows]) + "\n"
@@ -114,10 +109,11 @@ def run(params: dict, benchmark: str, method: str, seed: int) -> None:
     score_cfg = score_params(params, benchmark)
     scores = score_cache(cache, score_cfg)  # every score of every set, once: metrics, ROC and the report read them
     save_npz(out["scores"], flat_scores(scores))
-    result = metrics_from_cache(cache, score_cfg, metric_groups(benchmark_data(benchmark).manifest), scores)
+    manifest = benchmark_data(benchmark).manifest
+    result = metrics_from_cache(cache, score_cfg, metric_groups(manifest), scores)
     result.update(cell=f"{benchmark}-{method}-{seed}", benchmark=benchmark, method=method, seed=seed)
     write_json(out["metrics"], result)
-    write_text(out["roc"], roc_csv(cache, scores, score_cfg, method, benchmark_data(benchmark).manifest["ood_sets"]))
+    write_text(out["roc"], roc_csv(scores, score_cfg, method, manifest["ood_sets"]))
     # last, so an interrupted job leaves no record of outputs that were not all written
     write_json(out["provenance"], provenance.build(params, benchmark, method, seed, FIT_SUBSET_SEED))
     main = score_cfg["main"]
