@@ -55,7 +55,7 @@ from fsood.datasets import registry  # noqa: E402
 from fsood.io import write_json, write_text  # noqa: E402
 
 BENCH = "cifar10-tin"
-METHODS = ["none", "oe", "sep"]
+METHODS = ["oe", "sep"]  # and the pretrained model as it is (none), scored once
 SOURCES = ("cifar10-jpg", "tinyimagenet32")  # what the GPU machine gets (62 MB of the 64 MiB it may carry)
 DROPPED = ("textures",)  # DTD-10, 119 MB: stays out
 PROJECTION = "tin_holdout"
@@ -121,7 +121,7 @@ def check_params(params: dict, args: argparse.Namespace, mirror: Path) -> dict:
     """params.yaml edited for the check (see the module docstring)."""
     bench = params["benchmarks"][BENCH]
     sched = scaled_schedule(args.epoch_scale)
-    params["grid"] = {"benchmarks": [BENCH], "methods": METHODS, "seeds": [0]}
+    params["grid"] = {"benchmarks": [BENCH], "pretrain_seeds": [0], "methods": METHODS, "seeds": [0]}
     params["runtime"].update(device=args.device, precision=args.precision, threads=args.threads)
     params["datasets"] = {"mirrors": [str(mirror)], "download_dir": "data/downloads"}
     sets = bench["data"]["ood_sets"]
@@ -233,10 +233,10 @@ def job_seconds(log: Path) -> float | None:
 def timings(ws: Path, wall: float, sched: dict, args: argparse.Namespace) -> dict:
     jobs = {f"{log.parent.name}/{log.stem}": job_seconds(log) for log in sorted((ws / "logs").glob("*/*.log"))}
     per_epoch = {}
-    pre = jobs.get(f"pretrain/{BENCH}-0")
+    pre = jobs.get(f"pretrain/{BENCH}-0")  # the log of pretrained model 0
     if pre:
         per_epoch["pretrain"] = pre / sched["pretrain"]
-    fine = [jobs[k] for k in jobs if k.startswith("finetune/") and not k.endswith("-none-0") and jobs[k]]
+    fine = [jobs[k] for k in jobs if k.startswith("finetune/") and jobs[k]]
     if fine:
         per_epoch["finetune"] = max(fine) / sched["finetune"]
     full = (per_epoch.get("pretrain", 0) * FULL["pretrain"] + per_epoch.get("finetune", 0) * FULL["finetune"])
@@ -250,14 +250,21 @@ def timings(ws: Path, wall: float, sched: dict, args: argparse.Namespace) -> dic
 
 # ---------------------------------------------------------------------------- outputs
 
+def metrics_file(method: str) -> Path:
+    """A cell's metrics.json: the pretrained model's own (none) or a fine-tuned one of seed 0."""
+    if method == "none":
+        return contract.out("score_pretrained", "metrics", benchmark=BENCH, pretrain_seed=0)
+    return contract.out("score", "metrics", benchmark=BENCH, pretrain_seed=0, method=method, seed=0)
+
+
 def collect(ws: Path, out: Path, timing: dict, header: list[str]) -> str:
     """Copy the small outputs to ``out`` and return the printed report."""
     out.mkdir(parents=True, exist_ok=True)
-    reports, results = ws / "reports" / BENCH, ws / "results" / BENCH
+    reports = ws / contract.out("report", "summary", benchmark=BENCH).parent
     for name in ("summary.md", "summary.json"):
         shutil.copyfile(reports / name, out / name)
-    metrics = {m: json.loads((results / m / "seed0" / "metrics.json").read_text()) for m in METHODS}
-    nc = json.loads((results / "subspace" / "nc.json").read_text())
+    metrics = {m: json.loads((ws / metrics_file(m)).read_text()) for m in ["none", *METHODS]}
+    nc = json.loads((ws / contract.out("subspace", "nc", benchmark=BENCH, pretrain_seed=0)).read_text())
     write_json(out / "metrics.json", metrics)
     write_json(out / "nc.json", nc)
     write_json(out / "timings.json", timing)

@@ -1,6 +1,6 @@
 """Run one pipeline stage in a fresh process and record what it reads (tests/test_contract_audit.py).
 
-    python tests/audit_stage.py OUT.json STAGE --benchmark B [--method M] [--seed S]
+    python tests/audit_stage.py OUT.json STAGE --benchmark B [--pretrain-seed K] [--method M] [--seed S]
 
 Run from a workspace (params.yaml and the upstream outputs in place). Writes OUT.json with:
 - ``keys``: every params key path the stage read (the leaves of the access tree: a key read whole,
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("stage")
     parser.add_argument("--benchmark", required=True)
+    parser.add_argument("--pretrain-seed", dest="pretrain_seed", type=int)
     parser.add_argument("--method")
     parser.add_argument("--seed", type=int)
     args = parser.parse_args()
@@ -105,7 +106,8 @@ def main() -> None:
     package = Path(importlib.util.find_spec("fsood").submodule_search_locations[0]).resolve()
     sys.addaudithook(hook)
     module = importlib.import_module(f"fsood.stages.{args.stage}")
-    wildcards = {k: getattr(args, k) for k in ("benchmark", "method", "seed") if getattr(args, k) is not None}
+    wildcards = {k: getattr(args, k) for k in ("benchmark", "pretrain_seed", "method", "seed")
+                 if getattr(args, k) is not None}
     module.run(params, **wildcards)
     modules = sorted(m for m in sys.modules if m == "fsood" or m.startswith("fsood."))
     Path(args.out).write_text(json.dumps({"keys": leaves(log), "modules": modules, "files": sorted(opened)}, indent=1))

@@ -32,8 +32,8 @@ from fsood.datasets import cifar_paper, materialize, registry
 from fsood.models import build_model
 
 trust = pytest.mark.trust
-CELL = "results/digits/oe/seed0"
-PRETRAINED = "results/digits/pretrain/model.pt"
+CELL = "results/digits/model0/oe/seed0"
+PRETRAINED = "results/digits/model0/pretrain/model.pt"
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -68,7 +68,7 @@ def cell(digits_ws, monkeypatch) -> Path:
     fsood_io.save_state_dict(digits_ws / PRETRAINED, _model().state_dict())
     # the stage's other declared inputs (fsood.contract): the pretraining curve and the subspace basis
     (digits_ws / PRETRAINED).with_name("history.csv").write_text("epoch\n0\n")
-    basis = digits_ws / "results/digits/subspace/basis.npz"
+    basis = digits_ws / "results/digits/model0/subspace/basis.npz"
     basis.parent.mkdir(parents=True, exist_ok=True)
     fsood_io.save_npz(basis, {"weight": _model().fc.weight.detach().numpy()})
     out = digits_ws / CELL
@@ -82,7 +82,7 @@ def cell(digits_ws, monkeypatch) -> Path:
 
 
 def _finetune(capsys) -> tuple[int, str]:
-    rc = main(["finetune", "--benchmark", "digits", "--method", "oe", "--seed", "0"])
+    rc = main(["finetune", "--benchmark", "digits", "--pretrain-seed", "0", "--method", "oe", "--seed", "0"])
     return rc, capsys.readouterr().err
 
 
@@ -138,7 +138,7 @@ def test_finetune_stops_on_a_non_finite_loss_naming_epoch_and_step(cell, capsys,
     finally:
         (Path.cwd() / "params.yaml").write_text(params)
     assert rc == 1
-    found = re.search(r"finetune digits oe seed 0: loss became (nan|inf|-inf) at epoch (\d+), step (\d+)", err)
+    found = re.search(r"finetune digits-0-oe-0: loss became (nan|inf|-inf) at epoch (\d+), step (\d+)", err)
     assert found, err
     if how == "nan_weight":
         assert found.group(1) == "nan" and found.group(2, 3) == ("0", "0")

@@ -44,9 +44,10 @@ def test_cli_subcommand_takes_exactly_the_stages_wildcards(name):
     from fsood.cli import _parser
 
     s = contract.stage(name)
-    argv = [name] + [a for w in s.wildcards for a in (f"--{w}", "0" if w == "seed" else "digits")]
+    argv = [name] + [a for w in s.wildcards for a in (contract.option(w), "0" if w in contract.INT_WILDCARDS
+                                                       else "digits")]
     args = _parser().parse_args(argv)
-    assert {k for k in ("benchmark", "method", "seed") if hasattr(args, k)} == set(s.wildcards)
+    assert {k for k in contract.GRID_KEYS if hasattr(args, k)} == set(s.wildcards)
 
 
 def test_overlaps_matches_keys_above_below_and_through_wildcards():
@@ -60,19 +61,20 @@ def test_overlaps_matches_keys_above_below_and_through_wildcards():
 def test_direct_dependents_of_the_two_reported_edits():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     seeds = params["grid"]["seeds"]
-    # pretrain.lr: only pretraining, one job a benchmark (the rest follows through its model)
-    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.lr") == {"pretrain@digits"}
-    # pretrain.seed: the model, the features computed under that seed, and the report that names it
-    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.seed") == {
-        "pretrain@digits", "subspace@digits", "report@digits"}  # the report names the seed in its NC figure
+    # pretrain.lr: pretraining, one job a pretrained model (the rest follows through its model), and the pretrained
+    # model's own cell, whose provenance records the pretraining params
+    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.lr") == {"pretrain@digits-0",
+                                                                                   "score_pretrained@digits-0"}
     # data.normalize: every stage that feeds images to a model declares it, not only the data stage
     hit = contract.direct_dependents(params, "benchmarks.digits.data.normalize")
-    assert {"data@digits", "pretrain@digits", "subspace@digits", "finetune@digits-sep-0",
-            "score@digits-sep-0"} <= hit
-    assert not any(h.startswith("report@") for h in hit)
+    assert {"data@digits", "pretrain@digits-0", "subspace@digits-0", "score_pretrained@digits-0",
+            "finetune@digits-0-sep-0", "score@digits-0-sep-0"} <= hit
+    assert not any(h.startswith(("report@", "verdict@")) for h in hit)
     # one method's value: that method's cells only
     assert contract.direct_dependents(params, "methods.sep.beta") == {
-        f"{stage}@digits-sep-{s}" for stage in ("finetune", "score") for s in seeds}
+        f"{stage}@digits-0-sep-{s}" for stage in ("finetune", "score") for s in seeds}
+    # the verdict's settings: the verdict and the report that prints it (through verdict.json)
+    assert contract.direct_dependents(params, "verdict.margin") == {"verdict@digits"}
 
 
 def test_import_closure_follows_function_level_imports_and_leaves_out_the_harness():

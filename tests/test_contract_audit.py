@@ -17,15 +17,15 @@ from fsood import contract
 pytestmark = pytest.mark.slow
 
 # More methods and scores than TINY: the audit should walk every code path a digits run can take.
-METHODS = ["none", "oe", "sep", "dal", "sep_energy"]
-SCORES = ["fs", "msp", "energy", "maxlogit", "abs_cos", "react", "knn", "mahalanobis", "vim", "neco", "nci"]
+METHODS = ["oe", "sep", "dal", "sep_energy"]
+SCORES = ["fs", "fs_text", "msp", "energy", "maxlogit", "abs_cos", "react", "knn", "mahalanobis", "vim", "neco", "nci"]
 
 
 def _jobs() -> list[tuple[str, dict]]:
-    one, cells = {"benchmark": "digits"}, {"benchmark": "digits", "seed": 0}
-    out = [("data", one), ("pretrain", one), ("subspace", one)]
-    out += [(stage, {**cells, "method": m}) for m in METHODS for stage in ("finetune", "score")]
-    return out + [("report", one)]
+    one, model = {"benchmark": "digits"}, {"benchmark": "digits", "pretrain_seed": 0}
+    out = [("data", one), ("pretrain", model), ("subspace", model), ("score_pretrained", model)]
+    out += [(stage, {**model, "method": m, "seed": 0}) for m in METHODS for stage in ("finetune", "score")]
+    return out + [("verdict", one), ("report", one)]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def audited(tmp_path_factory) -> dict[tuple[str, str], dict]:
     records = {}
     for stage, cell in _jobs():
         out = ws / f"audit-{stage}-{'-'.join(map(str, cell.values()))}.json"
-        args = [a for k, v in cell.items() for a in (f"--{k}", str(v))]
+        args = [a for k, v in cell.items() for a in (contract.option(k), str(v))]
         proc = subprocess.run([sys.executable, str(ROOT / "tests/audit_stage.py"), str(out), stage, *args], cwd=ws,
                               capture_output=True, text=True)
         assert proc.returncode == 0, f"{stage} {cell} failed:\n{proc.stderr[-3000:]}"
@@ -58,8 +58,6 @@ def test_no_stage_reads_a_params_key_it_does_not_declare(audited, stage):
         declared = [k.format(**rec["cell"]) for k in s.params + s.untracked]
         undeclared = [k for k in rec["keys"] if not _within(k, declared)]
         assert not undeclared, f"{job} reads {undeclared}, not declared in its contract"
-        if stage == "finetune" and rec["cell"]["method"] == "none":
-            continue  # `none` copies the pretrained model; a DVC matrix gives every method one params list
         unread = [d for d in s.param_keys(**rec["cell"])
                   if not any(_within(k, [d]) or d.startswith(k + ".") for k in rec["keys"])]
         assert not unread, f"{job} declares {unread} but never reads them: an edit would rerun it for nothing"

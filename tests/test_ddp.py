@@ -279,8 +279,8 @@ def spawned_cell(tmp_path_factory, recorded_digits):
     ``python -m fsood finetune`` with ``processes: 2``, as Snakemake and DVC start it."""
     ws = clone_upstream(recorded_digits, tmp_path_factory.mktemp("cli") / "ws",
                         **{"benchmarks.digits.finetune.processes": 2, "runtime.threads": 2})
-    _fsood(ws, "finetune", "--method", "sep", "--seed", "0", "--log", "logs/ddp.log")
-    return ws, ws / "results/digits/sep/seed0"
+    _fsood(ws, "finetune", "--pretrain-seed", "0", "--method", "sep", "--seed", "0", "--log", "logs/ddp.log")
+    return ws, ws / "results/digits/model0/sep/seed0"
 
 
 @pytest.mark.slow
@@ -305,7 +305,7 @@ def test_torchrun_starting_the_same_command_gives_the_same_checkpoint(spawned_ce
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "2"  # as runtime.threads: one thread a rank, as the spawned run had
     try:
-        _fsood(ws, "finetune", "--method", "sep", "--seed", "0", env=env,
+        _fsood(ws, "finetune", "--pretrain-seed", "0", "--method", "sep", "--seed", "0", env=env,
                launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"))
         assert (cell / "model.pt").read_bytes() == spawned
     finally:

@@ -168,6 +168,7 @@ def pets_benchmark(params: dict) -> dict:
     bench["model"] = {"arch": "small_cnn", "width": 8, "feature_dim": 16, "dropout": 0.0}
     bench["pretrain"].update(epochs=2, batch_size=8)
     bench["finetune"].update(epochs=2, stage2_epoch=1, id_batch_size=8, outlier_batch_size=8)
+    bench["score"] = {"synthetic_sets": ["noise"]}  # its generated set is a sanity set, named so here
     return bench
 
 
@@ -177,16 +178,18 @@ def test_a_declared_benchmark_runs_through_snakemake_to_the_report(tmp_path):
     fabricate(ws / "mydata" / "pets")
     params = yaml.safe_load((ws / "params.yaml").read_text())
     edit_params(ws, **{"benchmarks.pets": pets_benchmark(params), "grid.benchmarks": ["pets"],
-                       "grid.methods": ["none", "sep"], "grid.seeds": [0], "report.projection_seed": 0,
+                       "grid.methods": ["sep"], "grid.seeds": [0], "report.projection_seed": 0,
                        "report.projection_ood.pets": "owls", "report.max_points": 50})
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "all"], cwd=ws,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    metrics = json.loads((ws / "results/pets/sep/seed0/metrics.json").read_text())
+    metrics = json.loads((ws / "results/pets/model0/sep/seed0/metrics.json").read_text())
     assert set(metrics["scores"]["fs"]) == {"owls", "noise", "mean"}
     manifest = json.loads((ws / "data/pets/manifest.json").read_text())
     assert manifest["num_classes"] == 2 and manifest["normalize"]["from"].startswith("id_train")
     summary = (ws / "reports/pets/summary.md").read_text()
     assert "`pets` is a fabricated test benchmark" in summary  # benchmarks.pets.notes
-    assert "owls FPR95" in summary and "noise FPR95" in summary
+    assert "owls FPR95" in summary and "noise FPR95" not in summary  # the headline averages the natural set
+    assert "## Synthetic sanity sets" in summary and "| noise |" in summary.split("## Synthetic sanity sets")[1]
+    assert json.loads((ws / "reports/pets/verdict.json").read_text())["outcome"] == "not computed"  # no oe
     assert (ws / "reports/pets/projection.png").stat().st_size > 1000

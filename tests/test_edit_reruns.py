@@ -29,7 +29,6 @@ PARAM_EDITS = {  # one leaf of every params section (grid aside: it changes the 
     "benchmarks.digits.data.normalize.mean": [0.25],  # the reported case: DVC kept stale models
     "benchmarks.digits.model.width": 16,
     "benchmarks.digits.pretrain.lr": 0.03,  # the reported case: Snakemake said "Nothing to be done"
-    "benchmarks.digits.pretrain.seed": 1,  # another pretrained model: every cell of every seed reruns
     "benchmarks.digits.finetune.lr": 0.02,
     "benchmarks.digits.methods": {"sep": {"beta": 2.0}},
     "benchmarks.digits.score": {"tpr": 0.9},
@@ -37,12 +36,15 @@ PARAM_EDITS = {  # one leaf of every params section (grid aside: it changes the 
     "methods.sep.beta": 2.0,
     "methods.oe.oe_weight": 0.25,
     "score.tpr": 0.9,
+    "score.synthetic_sets": ["gaussian"],  # another headline mean: the scores, the verdict and the report
+    "verdict.margin": 2.0,
     "report.max_points": 50,
     "runtime.eval_batch_size": 256,
     "datasets.download_dir": "data/elsewhere",  # where archives are looked up: reruns nothing
 }
-CODE_EDITS = ["stages/data.py", "datasets/synthetic.py", "stages/pretrain.py", "nc.py", "losses.py",
-              "stages/finetune.py", "detectors/basic.py", "plots.py", "paper_results.yaml"]
+CODE_EDITS = ["stages/data.py", "datasets/synthetic.py", "stages/pretrain.py", "nc.py", "losses.py", "margins.py",
+              "stages/finetune.py", "detectors/basic.py", "stages/score_pretrained.py", "verdict.py", "plots.py",
+              "paper_results.yaml"]
 
 
 def sh(ws, *cmd, check=True):
@@ -114,14 +116,14 @@ def test_a_params_edit_reruns_exactly_its_declared_dependents(recorded, key):
     try:
         (ws / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
         expected = contract.direct_dependents(edited, key)
-        if key == "benchmarks.digits.pretrain.lr":
-            assert expected == {"pretrain@digits"}
-        if key == "benchmarks.digits.pretrain.seed":
-            assert expected == {"pretrain@digits", "subspace@digits", "report@digits"}
-            assert {f"finetune@digits-{m}-{s}" for m in params["grid"]["methods"] for s in params["grid"]["seeds"]} \
+        if key == "benchmarks.digits.pretrain.lr":  # and the pretrained model's cell, whose provenance records it
+            assert expected == {"pretrain@digits-0", "score_pretrained@digits-0"}
+            assert {f"finetune@digits-0-{m}-{s}" for m in params["grid"]["methods"] for s in params["grid"]["seeds"]} \
                 <= contract.downstream(edited, expected)
         if key.endswith("normalize.mean"):
-            assert {"pretrain@digits", "subspace@digits", "finetune@digits-sep-0"} <= expected
+            assert {"pretrain@digits-0", "subspace@digits-0", "finetune@digits-0-sep-0"} <= expected
+        if key == "verdict.margin":
+            assert expected == {"verdict@digits"}
         if key.startswith("datasets."):
             assert expected == set()
         _check(ws, edited, expected)
@@ -147,7 +149,7 @@ def test_a_code_edit_reruns_exactly_the_stages_that_run_it(recorded, file):
 def test_an_input_touched_with_the_same_content_reruns_nothing(recorded):
     """What `dvc checkout` does to a file it restores: new mtime, same bytes."""
     ws, _ = recorded
-    model = ws / "results/digits/pretrain/model.pt"
+    model = ws / "results/digits/model0/pretrain/model.pt"
     data = model.read_bytes()
     model.unlink()
     model.write_bytes(data)
@@ -161,13 +163,14 @@ def test_an_input_with_other_content_reruns_what_reads_it(recorded):
     """A pretrained model replaced by hand (or by `dvc checkout` of another version): the jobs that read it
     rerun in both tools; Snakemake compares its recorded sha256, not the mtime alone."""
     ws, params = recorded
-    model = ws / "results/digits/pretrain/model.pt"
+    model = ws / "results/digits/model0/pretrain/model.pt"
     original = model.read_bytes()
     try:
-        model.write_bytes((ws / "results/digits/oe/seed0/model.pt").read_bytes())  # another model
+        model.write_bytes((ws / "results/digits/model0/oe/seed0/model.pt").read_bytes())  # another model
         own, planned = snakemake_plan(ws)
-        readers = {"subspace@digits", *(f"finetune@digits-{m}-0" for m in params["grid"]["methods"])}
-        assert own == {"subspace@digits"}  # finetune reads the model too, but also the basis: masked
+        readers = {"subspace@digits-0", "score_pretrained@digits-0",
+                   *(f"finetune@digits-0-{m}-0" for m in params["grid"]["methods"])}
+        assert own == {"subspace@digits-0"}  # the others read the model too, but also the subspace's outputs: masked
         assert planned == contract.downstream(params, readers)
         assert readers <= dvc_stale(ws)
     finally:
@@ -194,7 +197,7 @@ def test_a_rerun_by_either_tool_changes_only_planned_outputs(recorded):
     # DVC executes the pretrain.lr edit (the case Snakemake used to miss) ...
     changed = _rerun_changes_only_planned_outputs(ws, params, {"benchmarks.digits.pretrain.lr": 0.03},
                                                   ["dvc", "repro"])
-    assert "pretrain@digits" in changed and "finetune@digits-sep-0" in changed
+    assert "pretrain@digits-0" in changed and "finetune@digits-0-sep-0" in changed
     assert dvc_stale(ws) == set()
     # ... Snakemake, whose records are now stale, realigns without recomputing (README) ...
     sh(ws, sys.executable, "-m", "snakemake", "--touch", "--cores", "1", "all")
@@ -202,7 +205,26 @@ def test_a_rerun_by_either_tool_changes_only_planned_outputs(recorded):
     # ... and executes a method's edit: only that method's cells and the report change.
     changed = _rerun_changes_only_planned_outputs(ws, params, {"methods.sep.beta": 2.0},
                                                   [sys.executable, "-m", "snakemake", "--cores", "2", "all"])
-    assert changed == {"finetune@digits-sep-0", "score@digits-sep-0", "report@digits"}
+    assert changed == {"finetune@digits-0-sep-0", "score@digits-0-sep-0", "verdict@digits", "report@digits"}
     assert snakemake_plan(ws) == (set(), set())
     sh(ws, "dvc", "commit", "-f", "-q")
     assert dvc_stale(ws) == set()
+
+
+def test_a_new_pretrained_model_runs_only_its_own_jobs(recorded):
+    """grid.pretrain_seeds gains a seed: both tools plan the new model's jobs (its pretraining, subspace, its
+    `none` cell and every cell fine-tuned from it) and the aggregates (verdict, report), nothing of model 0."""
+    ws, params = recorded
+    original = (ws / "params.yaml").read_text()
+    edited = apply_changes(yaml.safe_load(original), **{"grid.pretrain_seeds": [0, 1]})
+    try:
+        (ws / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        new = {contract.job_name(s, **cell) for s, cell in contract.jobs(edited) if cell.get("pretrain_seed") == 1}
+        assert {"pretrain@digits-1", "subspace@digits-1", "score_pretrained@digits-1", "finetune@digits-1-sep-0"} <= new
+        _, planned = snakemake_plan(ws)
+        assert planned == new | {"verdict@digits", "report@digits"}
+        stale = dvc_stale(ws)
+        assert new | {"verdict@digits", "report@digits"} == stale
+    finally:
+        (ws / "params.yaml").write_text(original)
+    assert snakemake_plan(ws) == (set(), set())

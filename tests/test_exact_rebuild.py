@@ -34,8 +34,9 @@ def rebuilt(tmp_path_factory, recorded_digits):
     with `dvc repro -f` (all its upstream too): the workspace and the products' bytes before the rebuild."""
     ws = copy_recorded(recorded_digits, tmp_path_factory.mktemp("rebuild") / "ws")
     before = products(ws, "data", "results")
-    out = sh(ws, "dvc", "repro", "-f", "score@digits-sep-0")
-    for stage in ("data@digits", "pretrain@digits", "subspace@digits", "finetune@digits-sep-0", "score@digits-sep-0"):
+    out = sh(ws, "dvc", "repro", "-f", "score@digits-0-sep-0")
+    for stage in ("data@digits", "pretrain@digits-0", "subspace@digits-0", "finetune@digits-0-sep-0",
+                  "score@digits-0-sep-0"):
         assert f"Running stage '{stage}'" in out, out[-2000:]
     return ws, before
 
@@ -44,10 +45,10 @@ def rebuilt(tmp_path_factory, recorded_digits):
 def test_dvc_repro_force_rebuilds_a_cell_byte_identical(rebuilt):
     ws, before = rebuilt
     after = products(ws, "data", "results")
-    assert {"results/digits/sep/seed0/model.pt", "results/digits/sep/seed0/cache.npz",
-            "results/digits/sep/seed0/metrics.json", "results/digits/pretrain/model.pt"} <= set(before)
+    assert {"results/digits/model0/sep/seed0/model.pt", "results/digits/model0/sep/seed0/cache.npz",
+            "results/digits/model0/sep/seed0/metrics.json", "results/digits/model0/pretrain/model.pt"} <= set(before)
     assert_same(before, after)
-    assert "up to date" in sh(ws, "dvc", "status", "--with-deps", "score@digits-sep-0")
+    assert "up to date" in sh(ws, "dvc", "status", "--with-deps", "score@digits-0-sep-0")
 
 
 @pytest.mark.trust(kind="exact_rebuild")
@@ -60,13 +61,14 @@ def test_dvc_repro_force_leaves_git_clean(rebuilt):
 def test_snakemake_cores_do_not_change_bytes(tmp_path, recorded_digits):
     """The recorded run was made with 2 cores (two cells side by side); 1 core makes the same bytes."""
     ws = copy_recorded(recorded_digits, tmp_path / "ws")
-    folders = [f"results/digits/{name}" for name in ("pretrain", "subspace", "oe", "sep")]
+    folders = [f"results/digits/model0/{name}" for name in ("pretrain", "subspace", "none", "oe", "sep")]
     first = products(ws, *folders)
-    assert {"results/digits/oe/seed0/model.pt", "results/digits/sep/seed0/cache.npz"} <= set(first)
+    assert {"results/digits/model0/oe/seed0/model.pt", "results/digits/model0/sep/seed0/cache.npz"} <= set(first)
     runs = sorted((ws / ".snakemake/log").glob("*.snakemake.log"))  # named by start time
     assert "Provided cores: 2" in runs[-1].read_text()
     shutil.rmtree(ws / "results")
-    cells = [f"results/digits/{m}/seed0/metrics.json" for m in ("oe", "sep")]
-    rerun = run(ws, sys.executable, "-m", "snakemake", *cells, "results/digits/subspace/nc.json", "--cores", "1")
+    cells = [f"results/digits/model0/{m}/seed0/metrics.json" for m in ("oe", "sep")]
+    rerun = run(ws, sys.executable, "-m", "snakemake", *cells, "results/digits/model0/subspace/nc.json",
+                "results/digits/model0/none/metrics.json", "--cores", "1")
     assert "Provided cores: 1" in rerun.stderr
     assert_same(first, products(ws, *folders))

@@ -128,6 +128,9 @@ def test_authors_ours_score_is_msp_plus_the_plain_sum_and_imagenet_keeps_the_cho
     np.testing.assert_allclose(build_detector("fs", mean_over_classes=False).score(logits, z, w), authors, rtol=1e-12)
     printed = softmax(logits, axis=1).max(1) + np.abs(cos).mean(1)
     np.testing.assert_allclose(build_detector("fs", mean_over_classes=True).score(logits, z, w), printed, rtol=1e-12)
+    # both forms are scored by default: fs as the code (the paper's pairing), fs_text as printed
+    np.testing.assert_allclose(build_detector("fs_text").score(logits, z, w), printed, rtol=1e-12)
+    assert {"fs", "fs_text"} <= set(PARAMS["score"]["scores"])
     assert PARAMS["score"]["mean_over_classes"] is False
     assert PARAMS["benchmarks"]["imagenet"]["score"] == {"mean_over_classes": True}
 

@@ -39,7 +39,7 @@ def test_check_params_are_valid_and_drop_textures(tmp_path):
     edited = gpu_check.check_params(params, gpu_check.parse_args(TINY), tmp_path)
     validate_params(edited)
     bench = edited["benchmarks"]["cifar10-tin"]
-    assert "textures" not in bench["data"]["ood_sets"] and edited["grid"]["methods"] == ["none", "oe", "sep"]
+    assert "textures" not in bench["data"]["ood_sets"] and edited["grid"]["methods"] == ["oe", "sep"]
     assert bench["finetune"]["lr"] == 0.07 and bench["finetune"]["id_batch_size"] == 128  # the paper's, unchanged
     assert bench["resources"]["cells_per_gpu"] == 2
 
@@ -64,9 +64,9 @@ def test_cells_per_gpu_sets_the_gpu_slots_snakemake_schedules_by(tmp_path):
     with pytest.raises(ValueError, match="cells_per_gpu: 5 is not one of"):
         contract.gpu_slots(5)
     ws = make_workspace(tmp_path / "ws", git=False)
-    edit_params(ws, **{"runtime.device": "cuda", "grid.methods": ["none", "oe", "sep"], "grid.seeds": [0],
+    edit_params(ws, **{"runtime.device": "cuda", "grid.methods": ["oe", "sep"], "grid.seeds": [0],
                        "benchmarks.digits.resources": {"cells_per_gpu": 2}})
-    # a dry run prints every job's resources: oe and sep fine-tuning take half a GPU each, none takes none
+    # a dry run prints every job's resources: oe and sep fine-tuning take half a GPU each
     proc = subprocess.run([sys.executable, "-m", "snakemake", "all", "-n", "--cores", "4", "--resources",
                            "gpu_slots=12"], cwd=ws, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -74,7 +74,7 @@ def test_cells_per_gpu_sets_the_gpu_slots_snakemake_schedules_by(tmp_path):
     slots = {next(w.split("=")[1].strip(",") for w in b.split() if w.startswith("method=")):
              next((w.split("=")[1].strip(",") for w in b.split() if w.startswith("gpu_slots=")), "absent")
              for b in jobs}
-    assert slots == {"none": "0", "oe": "6", "sep": "6"}
+    assert slots == {"oe": "6", "sep": "6"}
 
 
 def test_direct_runner_runs_the_commands_snakemake_runs(tmp_path):
@@ -92,7 +92,8 @@ def test_direct_runner_runs_the_commands_snakemake_runs(tmp_path):
     assert sorted(planned) == sorted(line.split(shell, 1)[1].strip() for line in proc.stdout.splitlines()
                                      if shell in line and "python -m fsood" in line)
     stages = [cmd.split()[3] for cmd in planned]
-    assert stages == sorted(stages, key=list(contract.STAGES).index) and len(planned) == 1 + 1 + 1 + 3 + 3 + 1
+    # data; pretrain, subspace, the pretrained model's cell; 2 cells fine-tuned and scored; verdict; report
+    assert stages == sorted(stages, key=list(contract.STAGES).index) and len(planned) == 1 + 3 + 2 + 2 + 1 + 1
 
 
 @pytest.mark.slow
@@ -112,7 +113,7 @@ def test_the_check_runs_through_snakemake_at_tiny_size(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["sep"]["scores"]["fs"]) == {"tin_holdout", "digits", "gaussian", "rademacher", "blobs", "mean"}
     timing = json.loads((out / "timings.json").read_text())
-    assert timing["wall_s"] > 0 and timing["schedule"]["finetune"] == 1 and timing["jobs_s"]["finetune/cifar10-tin-sep-0"]
+    assert timing["wall_s"] > 0 and timing["schedule"]["finetune"] == 1 and timing["jobs_s"]["finetune/cifar10-tin-0-sep-0"]
     text = (out / "check.txt").read_text()
     assert "NC1 of the pretrained model" in text and all(f"| {m} |" in text for m in ("none", "oe", "sep"))
     assert sorted(p.name for p in out.iterdir()) == ["check.txt", "metrics.json", "nc.json", "summary.json",

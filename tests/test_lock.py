@@ -119,9 +119,9 @@ def test_snakemake_refused_while_dvc_runs_a_stage(ws, tmp_path):
     """While a stage's command runs, DVC drops its repo lock; its path-lock entries remain."""
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        entry = {"pid": sleeper.pid, "cmd": "dvc repro score@digits-sep-0"}
+        entry = {"pid": sleeper.pid, "cmd": "dvc repro score@digits-0-sep-0"}
         (ws / lock.DVC_RWLOCK).write_text(json.dumps({"write": {str(ws / "results/x"): entry}}))
-        with pytest.raises(lock.WorkspaceBusy, match=f"pid {sleeper.pid}: dvc repro score@digits-sep-0"):
+        with pytest.raises(lock.WorkspaceBusy, match=f"pid {sleeper.pid}: dvc repro score@digits-0-sep-0"):
             lock.hold("snakemake", ws)
     finally:
         sleeper.kill()
@@ -183,7 +183,7 @@ def test_dvc_repro_refused_while_snakemake_runs(tmp_path):
     run = subprocess.Popen(snakemake("--cores", "1", "all"), cwd=ws, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: (ws / "logs/pretrain/digits.log").exists(), "snakemake to run a job")
+        wait_for(lambda: (ws / "logs/pretrain/digits-0.log").exists(), "snakemake to run a job")
         assert lock.holder(ws)["pid"] == run.pid
         repro = subprocess.run(["dvc", "repro"], cwd=ws, capture_output=True, text=True)
         assert repro.returncode != 0
@@ -203,7 +203,7 @@ def test_dvc_repro_refused_while_snakemake_runs(tmp_path):
 @pytest.mark.slow
 def test_snakemake_refused_while_dvc_repro_runs(tmp_path):
     ws = tiny_workspace(tmp_path)
-    repro = subprocess.Popen(["dvc", "repro", "pretrain@digits"], cwd=ws, stdout=subprocess.PIPE,
+    repro = subprocess.Popen(["dvc", "repro", "pretrain@digits-0"], cwd=ws, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: lock.holder(ws, tool="dvc") is not None, "dvc repro to start")
@@ -214,5 +214,5 @@ def test_snakemake_refused_while_dvc_repro_runs(tmp_path):
     finally:
         repro.kill()
     assert repro.returncode == 0, out[-3000:]
-    assert (ws / "results/digits/pretrain/model.pt").is_file()
-    assert not (ws / "results/digits/sep").exists()  # the refused snakemake ran no job
+    assert (ws / "results/digits/model0/pretrain/model.pt").is_file()
+    assert not (ws / "results/digits/model0/sep").exists()  # the refused snakemake ran no job

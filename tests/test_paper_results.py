@@ -179,13 +179,14 @@ def _cell(positive: str = "id", **values) -> dict:
 def _written(tmp_path, cells: dict) -> dict:
     """Round-trip through metrics.json files, as the report reads them."""
     out = {}
-    for (method, seed), cell in cells.items():
+    for (method, seed), cell in cells.items():  # cells of pretrained model 0, keyed as the report keys them
         path = tmp_path / method / f"seed{seed}" / "metrics.json"
         write_json(path, cell)
-        out[method, seed] = read_json(path)
+        out[method, 0, seed] = read_json(path)
     return out
 
 
+DESIGN = "1 pretrained model(s) [0] x 2 fine-tuning seed(s) [0, 1]"  # how the report names the cells measured
 PUBLISHED = paper.validate(_data(
     _entry(),                                                    # oe/msp/svhn 1.40 / 99.54
     _entry(set="mean", fpr95=3.36, auroc=99.02),
@@ -208,11 +209,11 @@ def test_compare_mean_std_difference_and_statuses(tmp_path):
         ("sep", 0): _cell(msp__isun__fpr95=4.0, msp__isun__auroc=97.0),
         ("sep", 1): _cell(msp__isun__fpr95=6.0, msp__isun__auroc=96.0),
     })
-    frame = paper.compare(PUBLISHED, metrics, ["none", "oe", "sep"])
+    frame = paper.compare(PUBLISHED, metrics, ["oe", "sep"])
     assert list(frame.columns) == paper.COLUMNS and len(frame) == 2 * len(PUBLISHED)
 
     svhn = _row(frame, "oe", "svhn", "fpr95")
-    assert svhn.status == "measured" and svhn.n_seeds == 2
+    assert svhn.status == "measured" and svhn.n_cells == 2
     assert svhn.measured_mean == pytest.approx(1.5)
     assert svhn.measured_std == pytest.approx(np.std([1.0, 2.0], ddof=1))
     assert svhn.difference == pytest.approx(1.5 - 1.40)
@@ -221,7 +222,7 @@ def test_compare_mean_std_difference_and_statuses(tmp_path):
 
     dal = _row(frame, "dal", "mean", "fpr95")
     assert dal.status == "not run" and "'dal' is not in grid.methods" in dal.detail
-    assert dal.n_seeds == 0 and math.isnan(dal.measured_mean) and math.isnan(dal.difference)
+    assert dal.n_cells == 0 and math.isnan(dal.measured_mean) and math.isnan(dal.difference)
 
     unpublished = _row(frame, "sep", "isun", "fpr95")
     assert unpublished.status == "not published" and "only the average" in unpublished.detail
@@ -229,14 +230,14 @@ def test_compare_mean_std_difference_and_statuses(tmp_path):
 
     hard = _row(frame, "oe", "lsun_fix", "auroc")
     assert hard.status == "not run"
-    assert "set 'lsun_fix' under scores.msp is not in metrics.json of seed(s) [0, 1]" in hard.detail
+    assert "set 'lsun_fix' under scores.msp is not in metrics.json of cell(s) (model, seed) [(0, 0), (0, 1)]" in hard.detail
 
 
 def test_compare_names_the_seed_and_score_a_cell_lacks(tmp_path):
     metrics = _written(tmp_path, {("oe", 0): _cell(msp__svhn__fpr95=1.0, msp__svhn__auroc=99.0),
                                   ("oe", 1): _cell(fs__svhn__fpr95=1.0, fs__svhn__auroc=99.0)})
     row = _row(paper.compare(PUBLISHED[:1], metrics, ["oe"]), "oe", "svhn", "fpr95")
-    assert row.status == "not run" and row.detail == "score 'msp' is not in metrics.json of seed(s) [1]"
+    assert row.status == "not run" and row.detail == "score 'msp' is not in metrics.json of cell(s) (model, seed) [(0, 1)]"
 
 
 def test_compare_refuses_to_compare_across_conventions(tmp_path):
@@ -248,7 +249,7 @@ def test_compare_refuses_to_compare_across_conventions(tmp_path):
     assert "ood-positive metrics, published id_positive" in frame.detail.iloc[0]
     assert frame.measured_mean.iloc[0] == pytest.approx(1.5)  # shown, but not subtracted
     text = paper.comparison_markdown(frame, {"source": {"version": "v2"}, "benchmarks": {"cifar10": {}}},
-                                     "cifar10", [0, 1])
+                                     "cifar10", DESIGN)
     row = next(line for line in text.splitlines()
                if line.startswith("| 2 | oe | msp | energy-ood-wrn-cifar10 | svhn | fpr95"))
     assert "| 1.40 | 1.50 ± 0.71 | – | not comparable:" in row
@@ -264,12 +265,12 @@ def test_outputs_csv_markdown_and_dvc_summary(tmp_path):
     svhn = back[(back.set == "svhn") & (back.metric == "fpr95")].iloc[0]
     assert (svhn.published, svhn.measured_mean, svhn.difference, svhn.status) == (1.4, 1.5, 0.1, "measured")
 
-    text = paper.comparison_markdown(frame, SHIPPED, "cifar10", [0, 1], note="a benchmark note")
-    assert "2 seed(s) [0, 1]" in text and "a benchmark note" in text and "arXiv:2405.17816v2" in text
+    text = paper.comparison_markdown(frame, SHIPPED, "cifar10", DESIGN, note="a benchmark note")
+    assert DESIGN in text and "a benchmark note" in text and "arXiv:2405.17816v2" in text
     assert ("| 2 | oe | msp | energy-ood-wrn-cifar10 | 3.36 | 4.00 ± 1.41 | +0.64 | 99.02 | 98.50 ± 0.71 | -0.52 | "
             "measured |") in text
     assert "Measured cells start from" not in text
-    started = paper.comparison_markdown(frame, SHIPPED, "cifar10", [0, 1], measured_start="`energy-ood-wrn-cifar10`")
+    started = paper.comparison_markdown(frame, SHIPPED, "cifar10", DESIGN, measured_start="`energy-ood-wrn-cifar10`")
     assert "- Measured cells start from: `energy-ood-wrn-cifar10`." in started
     assert "not run: method 'dal' is not in grid.methods ['oe']" in text
     assert "1. not published: only the average" in text  # notes become footnotes
@@ -286,7 +287,7 @@ def test_benchmark_without_published_numbers_gets_a_short_file():
     frame = paper.compare(paper.entries(SHIPPED, "digits"), {}, ["oe"])
     assert frame.empty and paper.summary_section(frame) == {}
     assert paper.comparison_csv(frame).strip() == ",".join(paper.COLUMNS)
-    text = paper.comparison_markdown(frame, SHIPPED, "digits", [0])
+    text = paper.comparison_markdown(frame, SHIPPED, "digits", DESIGN)
     assert "publishes no numbers for `digits`" in text and "`cifar10`, `cifar100`, `imagenet`" in text
 
 
@@ -295,7 +296,7 @@ def test_shipped_entries_against_a_partial_grid(tmp_path):
     sets = paper.MAIN_SETS["cifar10"]
     values = {f"{score}__{s}__{k}": 50.0 for score in ("fs", "msp") for s in (*sets, "mean") for k in paper.METRICS}
     metrics = _written(tmp_path, {(m, s): _cell(**values) for m in ("oe", "sep") for s in (0, 1)})
-    frame = paper.compare(paper.entries(copy.deepcopy(SHIPPED), "cifar10"), metrics, ["none", "oe", "sep"])
+    frame = paper.compare(paper.entries(copy.deepcopy(SHIPPED), "cifar10"), metrics, ["oe", "sep"])
     by_method = frame.groupby("method")["status"].agg(set)
     assert by_method["dal"] == by_method["energy_oe"] == by_method["oe_clu"] == {"not run"}
     assert _row(frame, "sep", "svhn", "fpr95", score="msp").status == "not published"

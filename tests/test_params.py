@@ -22,8 +22,9 @@ def changed(**changes) -> dict:
 
 def test_shipped_params_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert len(grid_cells(params)) == len(params["grid"]["benchmarks"]) * len(params["grid"]["methods"]) * len(
-        params["grid"]["seeds"])
+    grid = params["grid"]
+    assert len(grid_cells(params)) == len(grid["benchmarks"]) * len(grid["pretrain_seeds"]) * len(grid["methods"]) * len(
+        grid["seeds"])
 
 
 @pytest.mark.parametrize(
@@ -132,8 +133,34 @@ def test_cli_refuses_bad_params_before_any_work(tmp_path, monkeypatch, capsys):
 @pytest.mark.trust(kind="bad_params")
 def test_cli_refuses_a_cell_outside_the_grid(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    assert main(["finetune", "--benchmark", "digits", "--method", "sep", "--seed", "99"]) == 2
+    assert main(["finetune", "--benchmark", "digits", "--pretrain-seed", "0", "--method", "sep", "--seed", "99"]) == 2
     assert "seed 99 is not in grid.seeds" in capsys.readouterr().err
+    assert main(["pretrain", "--benchmark", "digits", "--pretrain-seed", "7"]) == 2
+    assert "pretrain seed 7 is not in grid.pretrain_seeds" in capsys.readouterr().err
+
+
+@pytest.mark.trust(kind="bad_params")
+def test_none_in_grid_methods_is_refused_saying_why():
+    """An older params.yaml listed `none` among the methods: it is now one cell a pretrained model, always."""
+    params = changed(**{"grid.methods": ["none", "oe"]})
+    with pytest.raises(ParamsError, match="grid.methods lists 'none', but the pretrained model is scored as it is "
+                                          r"once per pretrained model \(results/<benchmark>/model<k>/none\), always"):
+        validate_params(params)
+
+
+@pytest.mark.trust(kind="bad_params")
+def test_several_pretrain_seeds_of_a_published_checkpoint_are_refused():
+    params = changed(**{"grid.benchmarks": ["cifar10"], "grid.pretrain_seeds": [0, 1]})
+    with pytest.raises(ParamsError, match=r"benchmark\(s\) \['cifar10'\] start from one published checkpoint"):
+        validate_params(params)
+
+
+@pytest.mark.trust(kind="bad_params")
+def test_a_generated_ood_set_must_be_declared_synthetic():
+    params = changed(**{"score.synthetic_sets": ["gaussian", "blobs"]})  # cifar10-mini's rademacher left out
+    with pytest.raises(ParamsError, match=r"benchmarks.cifar10-mini.data.ood_sets.rademacher is generated noise: list "
+                                          "it in score.synthetic_sets"):
+        validate_params(params)
 
 
 @pytest.mark.trust(kind="bad_params")
@@ -167,7 +194,7 @@ def test_readme_shows_the_real_error_for_a_misspelt_method(tmp_path):
 
     block = re.search(r"```\n(fsood: error: params.yaml is invalid.*?)\n```", (ROOT / "docs/method.md").read_text(), re.S)
     ws = make_workspace(tmp_path / "ws", git=False)
-    edit_params(ws, **{"grid.methods": ["none", "sepp", "energy_oe", "sep"]})
+    edit_params(ws, **{"grid.methods": ["oe", "sepp", "energy_oe", "sep"]})
     proc = subprocess.run([sys.executable, "-m", "fsood", "validate"], cwd=ws, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == block.group(1).strip()

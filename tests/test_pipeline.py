@@ -23,11 +23,11 @@ def finished(tmp_path_factory, recorded_digits):
 
 def test_every_cell_has_its_folder_metrics_and_log(finished):
     for method in TINY["grid.methods"]:
-        cell = finished / "results/digits" / method / "seed0"
+        cell = finished / "results/digits/model0" / method / "seed0"
         metrics = json.loads((cell / "metrics.json").read_text())
-        assert metrics["cell"] == f"digits-{method}-0"
+        assert metrics["cell"] == f"digits-0-{method}-0"
         assert metrics["convention"]["positive"] == "id"
-        assert set(metrics["scores"]) == {"fs", "msp", "energy", "maxlogit", "abs_cos"}
+        assert set(metrics["scores"]) == {"fs", "fs_text", "msp", "energy", "maxlogit", "abs_cos"}
         assert set(metrics["scores"]["fs"]) == {"digits_5_9", "photo_china", "gaussian", "rademacher", "blobs", "mean"}
         assert 0 <= metrics["scores"]["fs"]["mean"]["fpr95"] <= 100
         assert (cell / "model.pt").stat().st_size > 1000 and (cell / "cache.npz").is_file()
@@ -38,9 +38,15 @@ def test_every_cell_has_its_folder_metrics_and_log(finished):
         redone = ood_metrics(stored["fs__id_test"], stored["fs__photo_china"], "id_positive", 0.95)
         assert round(100 * redone["fpr95"], 4) == metrics["scores"]["fs"]["photo_china"]["fpr95"]
         for stage in ("finetune", "score"):
-            log = finished / "logs" / stage / f"digits-{method}-0.log"
+            log = finished / "logs" / stage / f"digits-0-{method}-0.log"
             assert f"{stage} done" in log.read_text()
-    assert (finished / "results/digits/subspace/nc.json").is_file()
+    none = json.loads((finished / "results/digits/model0/none/metrics.json").read_text())  # one a pretrained model
+    assert none["cell"] == "digits-0-none" and set(none["scores"]) == set(metrics["scores"])
+    assert "score_pretrained done" in (finished / "logs/score_pretrained/digits-0.log").read_text()
+    assert not list((finished / "results/digits/model0/none").glob("seed*"))
+    assert (finished / "results/digits/model0/subspace/nc.json").is_file()
+    verdict = json.loads((finished / "reports/digits/verdict.json").read_text())
+    assert verdict["outcome"] in ("supported", "not supported", "inconclusive") and verdict["models"] == [0]
     for name in ("summary.md", "summary.csv", "summary.json", "projection.png"):
         assert (finished / "reports/digits" / name).stat().st_size > 0
     leftovers = [p for p in finished.rglob(".*tmp*") if ".git" not in p.parts]
@@ -55,16 +61,16 @@ def test_dvc_records_the_snakemake_run_then_follows_a_param_change(finished):
 
     edit_params(ws, **{"benchmarks.digits.finetune.lr": 0.05})
     stale = sh(ws, "dvc", "status").stdout
-    assert "finetune@digits-sep-0" in stale and "pretrain@digits" not in stale
+    assert "finetune@digits-0-sep-0" in stale and "pretrain@digits-0" not in stale
     repro = sh(ws, "dvc", "repro").stdout
-    assert "Running stage 'finetune@digits-sep-0'" in repro
-    assert "Running stage 'pretrain@digits'" not in repro  # untouched params: not rerun
+    assert "Running stage 'finetune@digits-0-sep-0'" in repro
+    assert "Running stage 'pretrain@digits-0'" not in repro  # untouched params: not rerun
     diff = json.loads(sh(ws, "dvc", "metrics", "diff", "--json").stdout)
     assert list(diff) == ["reports/digits/headline.json"], list(diff)  # the default metrics: the headline only
     changed = [k for k, v in diff["reports/digits/headline.json"].items() if v.get("diff")]
     assert any(k.startswith("sep.fs.") for k in changed), changed
     assert not any(k.startswith("none.") for k in changed)  # the pretrained model did not move
-    cells = [f"results/digits/{m}/seed0/metrics.json" for m in ("sep", "none")]
+    cells = ["results/digits/model0/sep/seed0/metrics.json", "results/digits/model0/none/metrics.json"]
     by_path = json.loads(sh(ws, "dvc", "metrics", "diff", "--json", "--targets", *cells).stdout)
     changed = [k for k, v in by_path.get(cells[0], {}).items() if v.get("diff")]
     assert any(k.startswith("scores.fs.") for k in changed), sorted(by_path)  # the full cell, asked for by path
@@ -74,9 +80,9 @@ def test_dvc_records_the_snakemake_run_then_follows_a_param_change(finished):
 
 def test_one_cell_rebuilt_by_dvc_alone(finished):
     ws = finished
-    metrics = ws / "results/digits/oe/seed0/metrics.json"
+    metrics = ws / "results/digits/model0/oe/seed0/metrics.json"
     before = metrics.read_bytes()
-    sh(ws, "dvc", "repro", "-f", "-s", "score@digits-oe-0")
+    sh(ws, "dvc", "repro", "-f", "-s", "score@digits-0-oe-0")
     assert metrics.read_bytes() == before
 
 
@@ -97,7 +103,7 @@ def test_snakemake_realigns_after_dvc_changed_results(finished):
     rerun; `snakemake --touch` records the DVC-made state without recomputing anything."""
     dry = sh(finished, sys.executable, "-m", "snakemake", "-n", "--cores", "1", "all").stdout
     assert "Nothing to be done" not in dry
-    metrics = finished / "results/digits/sep/seed0/metrics.json"
+    metrics = finished / "results/digits/model0/sep/seed0/metrics.json"
     before = metrics.read_bytes()
     sh(finished, sys.executable, "-m", "snakemake", "--touch", "--cores", "1", "all")
     assert metrics.read_bytes() == before
@@ -109,7 +115,7 @@ def test_snakemake_realigns_after_dvc_changed_results(finished):
 def test_dvc_plots_show_renders_every_methods_roc_curve(finished):
     out = json.loads(sh(finished, "dvc", "plots", "show", "--json").stdout)["data"]
     for method in TINY["grid.methods"]:
-        path = f"results/digits/{method}/seed0/roc.csv"
+        path = f"results/digits/model0/{method}/seed0/roc.csv"
         assert path in out, sorted(out)
         spec = out[path][0]["content"]  # a vega-lite spec with the data inlined
         points = spec["data"]["values"]
@@ -117,7 +123,7 @@ def test_dvc_plots_show_renders_every_methods_roc_curve(finished):
         assert float(points[0]["tpr"]) == 0 and float(points[-1]["tpr"]) == 1
     sh(finished, "dvc", "plots", "show", "-o", "plots_html")
     html = (finished / "plots_html" / "index.html").read_text()
-    assert all(f"results/digits/{m}/seed0/roc.csv" in html for m in TINY["grid.methods"])
+    assert all(f"results/digits/model0/{m}/seed0/roc.csv" in html for m in TINY["grid.methods"])
 
 
 def _metric_columns(node, prefix="") -> list[str]:
@@ -141,10 +147,12 @@ def test_a_sweep_shows_its_headline_difference_in_exp_show(finished):
     headline = {n: d["metrics"]["reports/digits/headline.json"]["data"] for n, d in exps.items()}
     assert all(list(d["metrics"]) == ["reports/digits/headline.json"] for d in exps.values())
     columns = _metric_columns(headline["beta0.25"])
-    assert 1 + 7 * len(TINY["grid.methods"]) == len(columns) <= 30  # fits a terminal, not 2,008 columns
+    # NC1, 7 numbers a method (the pretrained model's `none` too), the verdict's 4: fits a terminal
+    assert 1 + 7 * (1 + len(TINY["grid.methods"])) + 4 == len(columns) <= 30
     low, high = (headline[n] for n in ("beta0.25", "beta4.0"))
     assert low["oe"] == high["oe"] and low["none"] == high["none"]  # untouched by methods.sep
     assert low["sep"]["fs"] != high["sep"]["fs"]
     diff = sh(ws, "dvc", "metrics", "diff", "HEAD").stdout  # the workspace (beta 4.0) against the commit
     rows = [line for line in diff.splitlines() if line.startswith("reports/")]
-    assert rows and all(" sep.fs." in r for r in rows), diff  # a short table: sep's changed numbers only
+    # a short table: sep's changed numbers and the verdict's difference to oe only
+    assert rows and all(" sep.fs." in r or " verdict." in r for r in rows), diff

@@ -451,7 +451,7 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     params = copy.deepcopy(PARAMS)
     bench = params["benchmarks"]["digits"]
     bench["data"].update(n_outliers=16, n_ood=40, ood_sets=["gaussian", "blobs", "digits_5_9"])
-    params["score"].update(scores=sorted(DETECTORS), main="fs", fit_samples=100)
+    params["score"].update(scores=sorted(DETECTORS), main="fs", fit_samples=100, synthetic_sets=[])  # all in the mean
     params["score"]["options"]["knn"]["k"] = 10
     folder = str(contract.out("data", "data", benchmark="digits"))
     materialize("digits", bench["data"], folder)
@@ -461,16 +461,18 @@ def test_score_stage_writes_id_train_odin_and_hard_mean(tmp_path, monkeypatch):
     manifest_path.write_text(json.dumps(manifest))
     torch.manual_seed(0)
     model = build_model(bench["model"], 1, len(bench["data"]["id_classes"]))
-    cell = contract.outs("finetune", benchmark="digits", method="none", seed=0)
-    pre = contract.outs("pretrain", benchmark="digits")
+    cell = contract.outs("finetune", benchmark="digits", pretrain_seed=0, method="oe", seed=0)
+    pre = contract.outs("pretrain", benchmark="digits", pretrain_seed=0)
     for files in (cell, pre):  # the score stage's provenance hashes the pretrained and the scored model
         save_state_dict(files["model"], model.state_dict())
         files["history"].write_text("epoch\n0\n")
-    basis = contract.out("subspace", "basis", benchmark="digits")  # and the fine-tuning's inputs
+    basis = contract.out("subspace", "basis", benchmark="digits", pretrain_seed=0)  # and the fine-tuning's inputs
     save_npz(basis, {"weight": model.fc.weight.detach().numpy()})
 
-    score.run(params, "digits", "none", 0)
-    out = contract.outs("score", benchmark="digits", method="none", seed=0)
+    energies = contract.out("subspace", "energies", benchmark="digits", pretrain_seed=0)
+    energies.write_text("{}")
+    score.run(params, "digits", 0, "oe", 0)
+    out = contract.outs("score", benchmark="digits", pretrain_seed=0, method="oe", seed=0)
     cache = load_npz(out["cache"])
     metrics = json.loads(out["metrics"].read_text())
     labels = cache["id_train__labels"]

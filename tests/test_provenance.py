@@ -12,8 +12,9 @@ import pytest
 from conftest import TINY, edit_params, make_workspace
 from fsood.provenance import diff_keys, git_commit
 
-CELL = ("--benchmark", "digits", "--method", "sep", "--seed", "0")
-CELL_DIR = "results/digits/sep/seed0"
+CELL = ("--benchmark", "digits", "--pretrain-seed", "0", "--method", "sep", "--seed", "0")
+MODEL = ("--benchmark", "digits", "--pretrain-seed", "0")
+CELL_DIR = "results/digits/model0/sep/seed0"
 OUTPUTS = ("model.pt", "history.csv", "cache.npz", "scores.npz", "metrics.json", "roc.csv")
 # Tests that use the built cell: ~20-50 s of shared setup on 2 cores, then ~20 s per rebuild.
 SLOW = pytest.mark.slow
@@ -43,15 +44,17 @@ def sha256(path) -> str:
 
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
-    """A git workspace with one finished cell: data, pretrain, subspace, finetune and score of digits-sep-0."""
+    """A git workspace with one finished cell: data, pretrain, subspace, finetune and score of digits-0-sep-0,
+    and the pretrained model's own cell (score_pretrained of digits-0)."""
     ws = make_workspace(tmp_path_factory.mktemp("prov") / "ws")
     edit_params(ws, **{**TINY, **SMALLER})
     subprocess.run(["git", "commit", "-qam", "tiny grid"], cwd=ws, check=True, capture_output=True)
     fsood(ws, "data", "--benchmark", "digits")
-    fsood(ws, "pretrain", "--benchmark", "digits")
-    fsood(ws, "subspace", "--benchmark", "digits")
+    fsood(ws, "pretrain", *MODEL)
+    fsood(ws, "subspace", *MODEL)
     fsood(ws, "finetune", *CELL)
     fsood(ws, "score", *CELL)
+    fsood(ws, "score_pretrained", *MODEL)
     return ws
 
 
@@ -80,12 +83,12 @@ def test_provenance_records_versions_runtime_params_and_hashes(cell):
     assert record["runtime"]["threads"] == 1  # runtime.threads of params.yaml
     assert set(record["runtime"]["determinism"]) >= {"runtime.deterministic", "cudnn.benchmark",
                                                       "torch.are_deterministic_algorithms_enabled"}
-    assert record["seeds"]["cell"] == 0
+    assert record["seeds"]["cell"] == 0 and record["seeds"]["pretrain"] == 0
     params = load_params(cell / "params.yaml")
     # {dotted key: value} of every key the cell's stages declare (fsood.contract), as params.yaml holds it
     from fsood import contract
 
-    declared = [k.format(benchmark="digits", method="sep") for name in ("finetune", "score")
+    declared = [k.format(benchmark="digits", pretrain_seed=0, method="sep") for name in ("finetune", "score")
                 for k in contract.stage(name).params]
     assert sorted(record["params"]) == sorted(set(declared))
     assert record["params"]["methods.sep"] == params["methods"]["sep"]
@@ -94,7 +97,7 @@ def test_provenance_records_versions_runtime_params_and_hashes(cell):
     assert record["params"]["runtime"] == params["runtime"]
     inputs = record["inputs"]
     assert {"data/digits/manifest.json", "data/digits/id_train.npz", "data/digits/outliers.npz",
-            "data/digits/id_test.npz", "results/digits/pretrain/model.pt"} <= set(inputs)
+            "data/digits/id_test.npz", "results/digits/model0/pretrain/model.pt"} <= set(inputs)
     manifest = json.loads((cell / "data/digits/manifest.json").read_text())
     for name in manifest["ood_sets"]:
         assert f"data/digits/{name}.npz" in inputs
@@ -126,6 +129,23 @@ def test_rebuild_reports_a_match_and_leaves_the_record_alone(cell):
     for name, (data, mtime) in before.items():
         path = cell / CELL_DIR / name
         assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, f"rebuild touched {name}"
+
+
+@pytest.mark.trust(kind="rebuild_cell")
+@SLOW
+def test_rebuild_of_the_pretrained_models_own_cell(cell):
+    """Method none has one cell a pretrained model and no seed: its record names the pretraining params, and
+    `fsood rebuild --method none` reruns its scoring alone and matches."""
+    folder = "results/digits/model0/none"
+    record = json.loads((cell / folder / "provenance.json").read_text())
+    assert record["cell"] == "digits-0-none" and "seed" not in record and record["seeds"]["cell"] is None
+    assert "benchmarks.digits.pretrain" in record["params"] and "benchmarks.digits.finetune" not in record["params"]
+    assert "results/digits/model0/subspace/features.npz" in record["inputs"]
+    proc = fsood(cell, "rebuild", *MODEL, "--method", "none", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(folder)]
+    assert {row[0] for row in rows} == {f"{folder}/{n}" for n in ("cache.npz", "scores.npz", "metrics.json", "roc.csv")}
+    assert all(row[-1] == "yes" for row in rows), proc.stdout
 
 
 @pytest.mark.trust(kind="rebuild_cell")

@@ -17,7 +17,10 @@ def test_schema_name_lists_are_the_records():
     text = records.SCHEMA_PATH.read_text()
     assert records.sync_schema(text) == text, "run python -m fsood.records"
     schema = _schema()
-    assert schema["properties"]["grid"]["properties"]["methods"]["items"]["enum"] == list(records.METHOD_NAMES)
+    # grid.methods and the verdict's name the fine-tuned methods: `none` is one cell a pretrained model, always
+    assert schema["properties"]["grid"]["properties"]["methods"]["items"]["enum"] == list(records.FINE_TUNED)
+    assert schema["properties"]["verdict"]["properties"]["method"]["enum"] == list(records.FINE_TUNED)
+    assert records.FINE_TUNED == tuple(m for m in records.METHOD_NAMES if m != "none")
     assert schema["properties"]["methods"]["required"] == list(records.METHOD_NAMES)
     assert list(schema["properties"]["methods"]["properties"]) == list(records.METHOD_NAMES)
     built = schema["properties"]["benchmarks"]["properties"]
@@ -36,6 +39,7 @@ def test_a_new_record_reaches_the_schema(monkeypatch):
     extra = records.Method("my_method", {"oe": "oe_weight"}, config_keys=("oe_weight",))
     bench = records.Benchmark("mnist", "digits", "digits_data", None)
     monkeypatch.setattr(records, "METHOD_NAMES", (*records.METHOD_NAMES, extra.name))
+    monkeypatch.setattr(records, "FINE_TUNED", (*records.FINE_TUNED, extra.name))
     monkeypatch.setattr(records, "BENCHMARK_RECORDS", (*records.BENCHMARK_RECORDS, bench))
     new = yaml.safe_load(records.sync_schema(records.SCHEMA_PATH.read_text()))
     assert new["properties"]["grid"]["properties"]["methods"]["items"]["enum"][-1] == "my_method"

@@ -161,13 +161,13 @@ def test_nan_loss_names_epoch_and_step_and_keeps_the_last_good_resume_file(tmp_p
 
 EPOCHS = {"benchmarks.digits.finetune.epochs": 6, "benchmarks.digits.finetune.stage2_epoch": 3,
           "benchmarks.digits.pretrain.epochs": 6}
-CELL = "results/digits/sep/seed0"
-PRE = "results/digits/pretrain"
+CELL = "results/digits/model0/sep/seed0"
+PRE = "results/digits/model0/pretrain"
 
 
 def _cmd(*args):
-    cell = ["--seed", "0"] if args[0] in ("finetune", "score") else []  # pretrain: one model a benchmark
-    return [sys.executable, "-m", "fsood", *args, "--benchmark", "digits", *cell]
+    cell = ["--seed", "0"] if args[0] in ("finetune", "score") else []  # pretrain: one model a pretraining seed
+    return [sys.executable, "-m", "fsood", *args, "--benchmark", "digits", "--pretrain-seed", "0", *cell]
 
 
 def _run(ws, *args, log="job.log"):
@@ -184,7 +184,8 @@ def base(tmp_path_factory, recorded_digits):
     EPOCHS and its subspace; the uninterrupted sep cell's bytes; the pretrain outputs' bytes."""
     ws = clone_upstream(recorded_digits, tmp_path_factory.mktemp("resume") / "ws", **EPOCHS)
     for args in (["pretrain"], ["subspace"]):
-        subprocess.run([sys.executable, "-m", "fsood", *args, "--benchmark", "digits"], cwd=ws, check=True,
+        subprocess.run([sys.executable, "-m", "fsood", *args, "--benchmark", "digits", "--pretrain-seed", "0"], cwd=ws,
+                       check=True,
                        capture_output=True)
     assert _run(ws, "finetune", "--method", "sep").returncode == 0
     finetuned = _outputs(ws, CELL)
@@ -234,7 +235,7 @@ def _killed_then_rerun(ws: Path, args: list[str], resume_name: str, folder: str)
 def test_sigkilled_finetune_reruns_to_the_same_bytes(base, tmp_path):
     base_ws, finetuned, _ = base
     ws = _copy(base_ws, tmp_path / "ws")
-    assert _killed_then_rerun(ws, ["finetune", "--method", "sep"], "finetune-digits-sep-0.pt", CELL) == finetuned
+    assert _killed_then_rerun(ws, ["finetune", "--method", "sep"], "finetune-digits-0-sep-0.pt", CELL) == finetuned
 
 
 @pytest.mark.trust(kind="sigkill_resume")
@@ -243,7 +244,7 @@ def test_sigkilled_pretrain_reruns_to_the_same_bytes(base, tmp_path):
     base_ws, _, pretrained = base
     ws = _copy(base_ws, tmp_path / "ws")
     shutil.rmtree(ws / PRE)
-    assert _killed_then_rerun(ws, ["pretrain"], "pretrain-digits.pt", PRE) == pretrained
+    assert _killed_then_rerun(ws, ["pretrain"], "pretrain-digits-0.pt", PRE) == pretrained
 
 
 @pytest.mark.trust(kind="sigkill_resume")
@@ -251,7 +252,7 @@ def test_sigkilled_pretrain_reruns_to_the_same_bytes(base, tmp_path):
 def test_cli_ignores_a_corrupt_or_foreign_resume_file(base, tmp_path):
     base_ws, finetuned, _ = base
     ws = _copy(base_ws, tmp_path / "ws")
-    resume = ws / ".fsood/resume/finetune-digits-sep-0.pt"
+    resume = ws / ".fsood/resume/finetune-digits-0-sep-0.pt"
     resume.parent.mkdir(parents=True, exist_ok=True)
     resume.write_bytes(b"\x80\x02garbage")
     done = _run(ws, "finetune", "--method", "sep")
@@ -276,4 +277,4 @@ def test_cli_nan_loss_exits_nonzero_names_epoch_and_step_and_writes_nothing(base
     assert "fsood: error:" in done.stderr and "became" in done.stderr
     assert "epoch 0, step " in done.stderr
     assert not (ws / CELL / "model.pt").exists() and not (ws / CELL / "history.csv").exists()
-    assert not (ws / ".fsood/resume/finetune-digits-sep-0.pt").exists(), "a resume file holds NaN weights"
+    assert not (ws / ".fsood/resume/finetune-digits-0-sep-0.pt").exists(), "a resume file holds NaN weights"

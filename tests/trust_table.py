@@ -49,7 +49,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     ),
     'nonfinite_loss': (
         'Loss that turns NaN or inf',
-        '`finetune digits oe seed 0: loss became nan at epoch E, step S`; the job stops',
+        '`finetune digits-0-oe-0: loss became nan at epoch E, step S`; the job stops',
         'no `model.pt`, no history; the previous one untouched',
     ),
     'missing_mirror': (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from conftest import TINY, edit_params, git_init, make_workspace
 
-UPSTREAM_RESULTS = ("results/digits/pretrain", "results/digits/subspace")  # what pretrain and subspace write
+UPSTREAM_RESULTS = ("results/digits/model0/pretrain", "results/digits/model0/subspace")  # what pretrain and subspace write
 
 
 def sh(ws: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Command line: one subcommand per pipeline stage, shared by Snakemake and DVC.
 
-    python -m fsood <stage> --benchmark B [--method M] [--seed S] [--params params.yaml] [--log FILE]
+    python -m fsood <stage> --benchmark B [--pretrain-seed K] [--method M] [--seed S] [--params params.yaml] [--log FILE]
 
 Every call validates params.yaml first, so a bad value is refused before any work,
 whichever tool started the job. Heavy imports (torch) happen inside the stage.
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fsood.config import ParamsError, check_cell, for_benchmark, load_params
-from fsood.contract import STAGES
+from fsood.contract import INT_WILDCARDS, STAGES, cell_name, option
 from fsood.lock import WorkspaceBusy, check_orchestrator
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=stage.summary)
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
         for wildcard in stage.wildcards:
-            p.add_argument(f"--{wildcard}", required=True, type=int if wildcard == "seed" else str)
+            p.add_argument(option(wildcard), dest=wildcard, required=True, type=int if wildcard in INT_WILDCARDS else str)
         p.add_argument("--log", help="also write the log to this file")
     v = sub.add_parser("validate", help="check params.yaml and list the grid's cells")
     v.add_argument("--params", default="params.yaml")
@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rebuild", help="rerun one cell from its provenance.json and compare its outputs' hashes")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--benchmark", required=True)
+    r.add_argument("--pretrain-seed", dest="pretrain_seed", type=int, required=True)
     r.add_argument("--method", required=True)
-    r.add_argument("--seed", type=int, required=True)
+    r.add_argument("--seed", type=int, help="the fine-tuning seed (not for method none)")
     r.add_argument("--use-current-params", action="store_true", help="rebuild even if params.yaml changed")
     r.add_argument("--keep", action="store_true", help="keep the temporary workspace (its path is printed)")
     return parser
@@ -69,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             from fsood.config import grid_cells
 
-            cells = grid_cells(params)
-            print(f"{args.params}: valid; {len(cells)} cells")
+            cells, grid = grid_cells(params), params["grid"]
+            models = [(b, k) for b in grid["benchmarks"] for k in grid["pretrain_seeds"]]
+            print(f"{args.params}: valid; {len(models)} pretrained model(s), each scored as it is (none), and "
+                  f"{len(cells)} fine-tuned cells")
+            for b, k in models:
+                print(f"  {cell_name(b, k, 'none')}")
             for cell in cells:
                 print(f"  {cell.name}")
             return 0
-        check_cell(params, args.benchmark, getattr(args, "method", None), getattr(args, "seed", None))
+        check_cell(params, **{w: getattr(args, w) for w in ("benchmark", "pretrain_seed", "method", "seed")
+                              if getattr(args, w, None) is not None and not (w == "method" and args.method == "none")})
         if args.command == "rebuild":  # writes only in a temporary workspace (fsood/rebuild.py)
             from fsood.rebuild import main as rebuild
 
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     _setup_logging(args.log)
     log = logging.getLogger("fsood")
-    kwargs = {k: getattr(args, k) for k in ("benchmark", "method", "seed") if hasattr(args, k)}
+    kwargs = {k: getattr(args, k) for k in STAGES[args.command].wildcards}
     log.info("fsood %s %s", args.command, kwargs)
     start = time.perf_counter()
     try:

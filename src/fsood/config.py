@@ -21,15 +21,19 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Cell:
-    """One benchmark cell: (benchmark, method, seed). ``name`` matches DVC's ``stage@name``."""
+    """One fine-tuned cell: (benchmark, pretrained model's seed, method, fine-tuning seed). ``name`` matches
+    DVC's ``finetune@name``."""
 
     benchmark: str
+    pretrain_seed: int
     method: str
     seed: int
 
     @property
     def name(self) -> str:
-        return f"{self.benchmark}-{self.method}-{self.seed}"
+        from fsood.contract import cell_name
+
+        return cell_name(self.benchmark, self.pretrain_seed, self.method, self.seed)
 
 
 def _where(error: jsonschema.ValidationError) -> str:
@@ -53,6 +57,11 @@ def validate_params(params: dict, source: str = "params.yaml") -> dict:
     """Refuse params that break the schema or the cross-field rules; return them unchanged."""
     if not isinstance(params, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(params).__name__}")
+    methods = params.get("grid", {}).get("methods") if isinstance(params.get("grid"), dict) else None
+    if isinstance(methods, list) and "none" in methods:  # an older params.yaml: say why, not just "not one of"
+        raise ParamsError(f"{source} is invalid: grid.methods lists 'none', but the pretrained model is scored as it "
+                          "is once per pretrained model (results/<benchmark>/model<k>/none), always; remove 'none' "
+                          "from grid.methods")
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
@@ -109,6 +118,20 @@ def score_params(params: dict, benchmark: str) -> dict:
     return _merged(params["score"], params["benchmarks"][benchmark]["score"])
 
 
+def natural_sets(params: dict, benchmark: str) -> list[str]:
+    """The benchmark's natural OOD sets: its OOD sets but the synthetic sanity sets (``score.synthetic_sets``,
+    with the benchmark's overrides). Their mean is the headline, as the paper's Tables 1-2 average the real
+    sets; the synthetic ones are reported apart."""
+    synthetic = set(score_params(params, benchmark)["synthetic_sets"])
+    return [s for s in ood_set_names(params["benchmarks"][benchmark]) if s not in synthetic]
+
+
+def synthetic_sets(params: dict, benchmark: str) -> list[str]:
+    """The benchmark's OOD sets that are synthetic sanity sets (noise), in their order."""
+    synthetic = set(score_params(params, benchmark)["synthetic_sets"])
+    return [s for s in ood_set_names(params["benchmarks"][benchmark]) if s in synthetic]
+
+
 def paired_score(score_cfg: dict, method: str) -> str:
     """The score a method is judged by (``score.pairing``). The paper's pairing (Appendix A.8): the
     auxiliary-data baselines with MSP, its own method and its Table 5 / 9 variants with Eq. 6 (``fs``)."""
@@ -138,8 +161,8 @@ def _check_overrides(name: str, section: str, overrides: dict, defaults: dict) -
                 problems.append(f"{where} must be a mapping like the global value")
             else:
                 problems += _check_overrides(name, f"{section}.{key}", value, defaults[key])
-        elif value is None or defaults[key] is None:
-            continue  # a cap (null = all) against a number: the schema check below decides
+        elif value is None or defaults[key] is None or value == "auto":
+            continue  # a cap (null = all) against a number, 'auto' against a setting: the schema check below decides
         elif type(value) is not type(defaults[key]) and not (
             isinstance(value, (int, float)) and isinstance(defaults[key], (int, float))
             and not isinstance(value, bool) and not isinstance(defaults[key], bool)
@@ -185,6 +208,15 @@ def _check_benchmark(name: str, bench: dict, params: dict) -> list[str]:
         problems.append(f"benchmarks.{name}.data: {sorted(overlap)} listed in both ood_sets and hard_ood_sets")
     if name in ood_sets:
         problems.append(f"benchmarks.{name}.data lists {name!r}, its own in-distribution set, as OOD")
+    synthetic = set(_merged(params["score"], bench["score"]).get("synthetic_sets", []))
+    if bench["data"]["ood_sets"] and all(s in synthetic for s in ood_set_names(bench)):
+        problems.append(f"benchmarks.{name}.data.ood_sets are all synthetic sanity sets (score.synthetic_sets): the "
+                        "headline averages the natural ones, and the benchmark has none")
+    generated = [k for k, spec in bench["data"]["ood_sets"].items() if "synthetic" in spec] \
+        if isinstance(bench["data"]["ood_sets"], dict) else []
+    problems += [f"benchmarks.{name}.data.ood_sets.{k} is generated noise: list it in score.synthetic_sets (or "
+                 f"benchmarks.{name}.score.synthetic_sets) so that no mean counts it" for k in generated
+                 if k not in synthetic]
     projection_ood = params["report"]["projection_ood"].get(name)
     if projection_ood not in ood_sets:
         problems.append(f"report.projection_ood.{name}={projection_ood!r} is not an OOD set of "
@@ -209,7 +241,7 @@ def _check_merged(params: dict) -> list[str]:
                                 f"at {_where(err) if err.absolute_path else '(top level)'}: {err.message}")
         if not problems:  # what the score stage and the report read is the merged section: its main and pairing
             problems += [f"benchmarks.{name}.score overrides: {p}"
-                         for p in _check_scored(merged["score"], params["grid"]["methods"])]
+                         for p in _check_scored(merged["score"], ["none", *params["grid"]["methods"]])]
     return problems
 
 
@@ -220,7 +252,15 @@ def _check_cross_fields(params: dict, source: str) -> None:
                 if name not in params["benchmarks"]]
     for name, bench in params["benchmarks"].items():
         problems += _check_benchmark(name, bench, params)
-    problems += _check_scored(params["score"], grid["methods"])
+    problems += _check_scored(params["score"], ["none", *grid["methods"]])
+    published = [b for b in grid["benchmarks"] if b in params["benchmarks"]
+                 and params["benchmarks"][b]["pretrain"]["checkpoint"] is not None]
+    if published and len(grid["pretrain_seeds"]) > 1:
+        problems.append(f"grid.pretrain_seeds {grid['pretrain_seeds']}: benchmark(s) {published} start from one "
+                        "published checkpoint (pretrain.checkpoint), which no seed changes; give one pretrain seed")
+    if params["verdict"]["method"] == params["verdict"]["baseline"]:
+        problems.append(f"verdict.method and verdict.baseline are both {params['verdict']['method']!r}; the verdict "
+                        "compares two methods")
     if params["report"]["projection_seed"] not in grid["seeds"]:
         problems.append(f"report.projection_seed={params['report']['projection_seed']} is not in grid.seeds "
                         f"{grid['seeds']}")
@@ -254,15 +294,19 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 
 
 def grid_cells(params: dict) -> list[Cell]:
-    """Every cell of the grid, in a fixed order (benchmark, method, seed)."""
+    """Every fine-tuned cell of the grid, in a fixed order (benchmark, pretrained model, method, seed); the
+    pretrained models themselves (method ``none``) are one cell each beside them."""
     g = params["grid"]
-    return [Cell(b, m, s) for b, m, s in itertools.product(g["benchmarks"], g["methods"], g["seeds"])]
+    return [Cell(*combo) for combo in itertools.product(g["benchmarks"], g["pretrain_seeds"], g["methods"],
+                                                        g["seeds"])]
 
 
-def check_cell(params: dict, benchmark: str, method: str | None = None, seed: int | None = None) -> None:
+def check_cell(params: dict, **wildcards) -> None:
     """Refuse a CLI call for a cell that is not in the grid (a typo would otherwise run)."""
-    g = params["grid"]
-    for key, value, valid in (("benchmark", benchmark, g["benchmarks"]), ("method", method, g["methods"]),
-                              ("seed", seed, g["seeds"])):
+    from fsood.contract import GRID_KEYS
+
+    for key, value in wildcards.items():
+        valid = params["grid"][GRID_KEYS[key]]
         if value is not None and value not in valid:
-            raise ParamsError(f"{key} {value!r} is not in grid.{key}s of params.yaml (valid: {valid})")
+            raise ParamsError(f"{key.replace('_', ' ')} {value!r} is not in grid.{GRID_KEYS[key]} of params.yaml "
+                              f"(valid: {valid})")

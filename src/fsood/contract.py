@@ -3,7 +3,7 @@
 For each stage: its wildcards, its command, the upstream outputs it reads, the files it writes,
 the params keys it reads, the fsood code it runs, its resources. Everything else reads this:
 
-- the Snakemake rules (``workflow/rules/<stage>.smk``: input, output, params, log, threads, resources, shell),
+- the Snakemake rules (``workflow/rules/stages.smk``: input, output, params, log, threads, resources, shell),
 - ``dvc.yaml``, written from it by ``python -m fsood dvc-yaml`` (tests fail when the committed file differs),
 - the CLI (one subcommand a stage, with the wildcards it needs),
 - provenance and ``fsood rebuild`` (a cell's input and output files, the params that define it),
@@ -25,7 +25,10 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent  # src/fsood
 LOG = "logs/{stage}/{name}.log"  # outside every DVC-tracked folder: a stray file would change an output's hash
-GRID_KEYS = {"benchmark": "benchmarks", "method": "methods", "seed": "seeds"}  # wildcard -> grid.<key>
+# wildcard -> grid.<key>: a cell is benchmark x pretrained model (its pretraining seed) x method x fine-tuning seed
+GRID_KEYS = {"benchmark": "benchmarks", "pretrain_seed": "pretrain_seeds", "method": "methods", "seed": "seeds"}
+INT_WILDCARDS = ("pretrain_seed", "seed")
+NONE = "none"  # the pretrained model scored as it is: one cell a pretrained model (stage score_pretrained)
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,15 @@ class Stage:
         return f"{self.template(key)}/{o.key_file}" if o.key_file else self.template(key)
 
     def log(self, **wildcards) -> str:
-        return LOG.format(stage=self.name, name="-".join(str(wildcards[w]) for w in self.wildcards))
+        return LOG.format(stage=self.name, name=self.cell(**wildcards))
+
+    def cell(self, **wildcards) -> str:
+        """The job's name within its stage: its wildcards' values joined by ``-`` (DVC's ``stage@<this>``)."""
+        return cell_name(*(wildcards[w] for w in self.wildcards))
 
     def command(self, **wildcards) -> str:
         """The shell command both tools run (``python -m fsood <stage> ...``)."""
-        args = " ".join(f"--{w} {wildcards[w]}" for w in self.wildcards)
+        args = " ".join(f"{option(w)} {wildcards[w]}" for w in self.wildcards)
         return f"python -m fsood {self.name} --params params.yaml {args} --log {self.log(**wildcards)}"
 
     # ------------------------------------------------------------------ params
@@ -157,8 +164,20 @@ HARNESS = ("fsood.__main__", "fsood.cli", "fsood.lock", "fsood.contract", "fsood
 NORMALIZE = "benchmarks.{benchmark}.data.normalize"
 MODEL = "benchmarks.{benchmark}.model"
 DATA = Input("data", "data")
-PRETRAIN_SEED = "benchmarks.{benchmark}.pretrain.seed"  # the seed of the one pretrained model (its stage and its features)
 RUNTIME = "benchmarks.{benchmark}.runtime"  # the benchmark's overrides of `runtime` (fsood.config.runtime_params)
+PRETRAINED = "results/{benchmark}/model{pretrain_seed}"  # one pretrained model's folder: its stages and cells
+SCORE_OUTPUTS = {
+    "cache": Output("cache.npz"),
+    "scores": Output("scores.npz"),  # every score of ID test and each OOD set, per image
+    "metrics": Output("metrics.json", cache=False),  # every score x set: by path, not a default metric
+    # ROC of the method's paired score (score.pairing), ID test vs the natural OOD sets pooled
+    "roc": Output("roc.csv", kind="plots", cache=False, plot=("fpr", "tpr"), template="simple"),
+    # versions, device, seeds, params and input / output hashes, for `fsood rebuild`
+    "provenance": Output("provenance.json", cache=False),
+}
+SCORE_PARAMS = (NORMALIZE, MODEL, "score", "benchmarks.{benchmark}.score", "runtime", RUNTIME)
+OVER_CELLS = ("pretrain_seed", "method", "seed")  # every fine-tuned cell of a benchmark
+OVER_MODELS = ("pretrain_seed",)  # every pretrained model of a benchmark
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage(
@@ -175,9 +194,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     ),
     Stage(
         "pretrain", "Stage 2: train the ID classifier with cross-entropy (or load a published one).",
-        # one pretrained model a benchmark, shared by every fine-tuning cell: the seed of the grid varies
-        # fine-tuning only, as the authors fine-tune one checkpoint (benchmarks.<b>.pretrain.seed seeds it)
-        ("benchmark",), "results/{benchmark}/pretrain",
+        # one pretrained model a pretraining seed (grid.pretrain_seeds), shared by every fine-tuning cell of that
+        # model: the grid's seeds vary fine-tuning only, as the authors fine-tune one checkpoint
+        ("benchmark", "pretrain_seed"), f"{PRETRAINED}/pretrain",
         outputs={"model": Output("model.pt"),
                  "history": Output("history.csv", kind="plots", cache=False, plot=("epoch", "total"))},
         inputs={"data": DATA},
@@ -187,23 +206,27 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         resources=Resources(threads="runtime.threads", mem_mb=4000, runtime=240, gpu=True),
     ),
     Stage(
-        "subspace", "Stage 3: ID training features, NC1-NC4 and the basis of span(W).",
-        ("benchmark",), "results/{benchmark}/subspace",
+        "subspace", "Stage 3: ID training features, NC1-NC4, the basis of span(W) and the energies of the "
+                    "pretrained model.",
+        ("benchmark", "pretrain_seed"), f"{PRETRAINED}/subspace",
         outputs={"features": Output("features.npz"), "basis": Output("basis.npz"),
                  # by path: `dvc metrics show <path>` (docs/pipeline.md, "Comparing runs at a glance")
-                 "nc": Output("nc.json", cache=False)},
+                 "nc": Output("nc.json", cache=False),
+                 # energy quantiles on ID train and an outlier sample: Energy-OE's margins by rule (fsood.margins)
+                 "energies": Output("energies.json", cache=False)},
         inputs={"data": DATA, "model": Input("pretrain", "model")},
-        params=(NORMALIZE, MODEL, PRETRAIN_SEED, "runtime", RUNTIME),
+        params=(NORMALIZE, MODEL, "runtime", RUNTIME),
         entry=("fsood.stages.subspace",),
-        resources=Resources(mem_mb=4000, runtime=60, gpu=True),
+        # every fine-tuning cell of the model waits for it: it takes the benchmark's threads
+        resources=Resources(threads="runtime.threads", mem_mb=4000, runtime=60, gpu=True),
     ),
     Stage(
-        "finetune", "Stage 4: fine-tune with auxiliary outliers (method none keeps the pretrained model).",
-        ("benchmark", "method", "seed"), "results/{benchmark}/{method}/seed{seed}",
+        "finetune", "Stage 4: fine-tune the pretrained model with auxiliary outliers.",
+        ("benchmark", "pretrain_seed", "method", "seed"), PRETRAINED + "/{method}/seed{seed}",
         outputs={"model": Output("model.pt"),
                  "history": Output("history.csv", kind="plots", cache=False, plot=("epoch", "total"))},
-        inputs={"data": DATA, "pretrained": Input("pretrain", "model"),
-                "pretrain_history": Input("pretrain", "history"), "basis": Input("subspace", "basis")},
+        inputs={"data": DATA, "pretrained": Input("pretrain", "model"), "basis": Input("subspace", "basis"),
+                "energies": Input("subspace", "energies")},
         params=(NORMALIZE, MODEL, "benchmarks.{benchmark}.finetune", "methods.{method}",
                 "benchmarks.{benchmark}.methods", "runtime", RUNTIME),
         entry=("fsood.stages.finetune",),
@@ -211,23 +234,38 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     ),
     Stage(
         "score", "Stage 5: one forward pass per test set into the cache; every score from the cache.",
-        ("benchmark", "method", "seed"), "results/{benchmark}/{method}/seed{seed}",
-        outputs={"cache": Output("cache.npz"),
-                 "scores": Output("scores.npz"),  # every score of ID test and each OOD set, per image
-                 "metrics": Output("metrics.json", cache=False),  # every score x set: by path, not a default metric
-                 # ROC of the method's paired score (score.pairing), ID test vs the main OOD sets pooled
-                 "roc": Output("roc.csv", kind="plots", cache=False, plot=("fpr", "tpr"), template="simple"),
-                 # versions, device, seeds, params and input / output hashes, for `fsood rebuild`
-                 "provenance": Output("provenance.json", cache=False)},
+        ("benchmark", "pretrain_seed", "method", "seed"), PRETRAINED + "/{method}/seed{seed}",
+        outputs=SCORE_OUTPUTS,
         inputs={"data": DATA, "model": Input("finetune", "model")},
         # its own keys, then the finetune keys provenance.json records (`fsood rebuild` reruns both)
-        params=(NORMALIZE, MODEL, "score", "benchmarks.{benchmark}.score", "runtime", RUNTIME,
-                "benchmarks.{benchmark}.finetune", "methods.{method}", "benchmarks.{benchmark}.methods"),
+        params=(*SCORE_PARAMS, "benchmarks.{benchmark}.finetune", "methods.{method}", "benchmarks.{benchmark}.methods"),
         entry=("fsood.stages.score",),
         resources=Resources(mem_mb=4000, runtime=60, gpu=True),
     ),
     Stage(
-        "report", "Stage 6: tables (mean +- std over seeds) and figures of one benchmark.",
+        "score_pretrained", "Stage 5, method none: the pretrained model scored as it is, once a pretrained model.",
+        ("benchmark", "pretrain_seed"), f"{PRETRAINED}/{NONE}",
+        outputs=SCORE_OUTPUTS,
+        # the ID-train sample fitted scores learn from is taken from the subspace stage's features (no pass again)
+        inputs={"data": DATA, "model": Input("pretrain", "model"), "features": Input("subspace", "features")},
+        params=(*SCORE_PARAMS, "benchmarks.{benchmark}.pretrain"),  # the last for provenance.json
+        entry=("fsood.stages.score_pretrained",),
+        resources=Resources(mem_mb=4000, runtime=60, gpu=True),
+    ),
+    Stage(
+        "verdict", "Stage 6a: does the paper's claim hold? A paired test across pretrained models.",
+        ("benchmark",), "reports/{benchmark}",
+        # by path (`dvc metrics show reports/<b>/verdict.json`); its headline numbers are in headline.json
+        outputs={"verdict": Output("verdict.json", cache=False),
+                 "forest": Output("verdict_forest.png", figure="forest", label="verdict forest plot")},
+        inputs={"metrics": Input("score", "metrics", over=OVER_CELLS),
+                "scores": Input("score", "scores", over=OVER_CELLS)},  # the bootstrap resamples test images
+        params=("grid", "verdict", "score", "benchmarks.{benchmark}.score", "benchmarks.{benchmark}.data.ood_sets"),
+        entry=("fsood.stages.verdict",),
+        resources=Resources(mem_mb=4000, runtime=30),
+    ),
+    Stage(
+        "report", "Stage 6: tables (mean +- std over cells) and figures of one benchmark.",
         ("benchmark",), "reports/{benchmark}",
         outputs={
             "table_md": Output("summary.md", cache=False, label="summary"),
@@ -243,21 +281,34 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
             "nc": Output("nc_metrics.png", figure="nc", label="NC metrics"),
             "curves": Output("training_curves.png", figure="curves", label="training curves"),
         },
-        inputs={"cache": Input("score", "cache", over=("method", "seed")),  # features, for the projection
-                "scores": Input("score", "scores", over=("method", "seed")),  # for the histograms
-                "metrics": Input("score", "metrics", over=("method", "seed")),
-                "nc": Input("subspace", "nc"),
-                "history": Input("finetune", "history", over=("method", "seed"))},
+        inputs={"cache": Input("score", "cache", over=OVER_CELLS),  # features, for the projection
+                "scores": Input("score", "scores", over=OVER_CELLS),  # for the histograms
+                "metrics": Input("score", "metrics", over=OVER_CELLS),
+                "none_scores": Input("score_pretrained", "scores", over=OVER_MODELS),
+                "none_metrics": Input("score_pretrained", "metrics", over=OVER_MODELS),
+                "nc": Input("subspace", "nc", over=OVER_MODELS),
+                "history": Input("finetune", "history", over=OVER_CELLS),
+                "verdict": Input("verdict", "verdict")},
         params=("grid", "report", "score", "benchmarks.{benchmark}.score", "benchmarks.{benchmark}.data.ood_sets",
                 "benchmarks.{benchmark}.notes",
                 # what the cells started from, named in the paper comparison
                 "benchmarks.{benchmark}.pretrain.checkpoint", "benchmarks.{benchmark}.pretrain.epochs",
-                "benchmarks.{benchmark}.pretrain.schedule_epochs", "benchmarks.{benchmark}.pretrain.fast_recipe",
-                PRETRAIN_SEED),
+                "benchmarks.{benchmark}.pretrain.schedule_epochs", "benchmarks.{benchmark}.pretrain.fast_recipe"),
         entry=("fsood.stages.report",), files=("paper_results.yaml",),
         resources=Resources(mem_mb=2000, runtime=30),
     ),
 )}
+
+
+def cell_name(*values) -> str:
+    """The one way a cell or job is named (logs, DVC's ``stage@name``, provenance, resume files, the report):
+    its wildcards' values in contract order, joined by ``-`` (``digits-0-sep-1``)."""
+    return "-".join(str(v) for v in values)
+
+
+def option(wildcard: str) -> str:
+    """A wildcard's command-line option: ``pretrain_seed`` -> ``--pretrain-seed``."""
+    return "--" + wildcard.replace("_", "-")
 
 
 def stage(name: str) -> Stage:
@@ -322,8 +373,8 @@ def input_paths(stage_: Stage, params: dict, tracked: bool = False, **wildcards)
 
 
 def job_name(stage_: Stage, **wildcards) -> str:
-    """DVC's name of one job of a matrix stage (``finetune@digits-sep-0``)."""
-    return f"{stage_.name}@" + "-".join(str(wildcards[w]) for w in stage_.wildcards)
+    """DVC's name of one job of a matrix stage (``finetune@digits-0-sep-1``)."""
+    return f"{stage_.name}@{stage_.cell(**wildcards)}"
 
 
 def jobs(params: dict) -> list[tuple[Stage, dict]]:

@@ -23,6 +23,24 @@ class ImageSet(Protocol):
     def __getitem__(self, indices: np.ndarray) -> np.ndarray: ...
 
 
+class _Take:
+    """Rows ``indices`` of a lazily decoded set, itself lazy."""
+
+    def __init__(self, x: ImageSet, indices: np.ndarray):
+        self.x, self.indices = x, np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self.x[self.indices[rows]]
+
+
+def take(x: np.ndarray | ImageSet, indices: np.ndarray) -> np.ndarray | ImageSet:
+    """Rows ``indices`` of an image set: an array's copy, or a lazy set's lazy view."""
+    return x[indices] if isinstance(x, np.ndarray) else _Take(x, indices)
+
+
 def normalizer(norm: dict, device: torch.device) -> Callable[[Tensor], Tensor]:
     """uint8 (N, C, H, W) -> float, scaled to [0, 1] then standardised per channel."""
     mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)
@@ -67,7 +85,7 @@ def forward_pass(
             if k + 1 < len(starts):
                 pending = prefetch.submit(fetch, starts[k + 1])
             batch = to_input(host.to(device, non_blocking=True))
-            if runtime["channels_last"]:
+            if rt.channels_last(runtime):
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with rt.autocast(runtime, device):
                 out, z = model(batch, return_features=True)

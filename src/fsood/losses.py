@@ -117,17 +117,19 @@ class FeatureSeparationLoss(nn.Module):
         beta: float = 1.0,
         detach_weight: bool = True,
         mean_over_classes: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.oe_weight, self.alpha, self.beta = oe_weight, alpha, beta
         self.detach_weight, self.mean_over_classes = detach_weight, mean_over_classes
+        self.label_smoothing = label_smoothing  # of the ID cross-entropy; the paper's is 0
 
     def forward(
         self, logits: Tensor, z: Tensor, labels: Tensor, weight: Tensor, stage2: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]]:
         n_in = labels.shape[0]
         terms = {
-            "ce": F.cross_entropy(logits[:n_in], labels),
+            "ce": F.cross_entropy(logits[:n_in], labels, label_smoothing=self.label_smoothing),
             "oe": oe_loss(logits[n_in:]),
             "clu": clustering_loss(z[:n_in], labels, weight, self.detach_weight),
             "sep": separation_loss(z[n_in:], weight, self.detach_weight, self.mean_over_classes),

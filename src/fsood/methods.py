@@ -112,12 +112,14 @@ def make_objective(
     weight_fn: Callable[[], torch.Tensor],
     head_fn: Callable[[], Callable[[Tensor], Tensor]] | None = None,
     seed: int = 0,
+    label_smoothing: float = 0.0,
 ):
     """Objective for a fine-tuning method; ``weight_fn`` gives the W the cosine terms use.
 
     ``cfg`` is the method's params section (``CONFIG_KEYS``). ``dal`` also needs ``head_fn``,
     giving the classifier head that maps features to logits (``lambda: model.fc``), and uses
-    ``seed`` for its search starts; the other methods ignore both. A stateful objective (``dal``)
+    ``seed`` for its search starts; the other methods ignore both. ``label_smoothing``: of every method's
+    ID cross-entropy (``finetune.label_smoothing``; the paper's is 0). A stateful objective (``dal``)
     carries ``state_dict()`` / ``load_state_dict()``, which fsood.train saves and restores on resume.
     """
     if method not in METHODS or method == "none":
@@ -136,7 +138,8 @@ def make_objective(
     stage1 = {term: cfg[key] for term, key in stage1_keys.items()}
     stage2 = {term: cfg[key] for term, key in stage2_keys.items()}
     # the monitor's own weighted total is not used: each method sums its terms below
-    monitor = FeatureSeparationLoss(**{k: cfg.get(k, v) for k, v in MONITOR_DEFAULTS.items()})
+    monitor = FeatureSeparationLoss(**{k: cfg.get(k, v) for k, v in MONITOR_DEFAULTS.items()},
+                                    label_smoothing=label_smoothing)
 
     def objective(logits, z, labels, epoch):
         n_in = len(labels)

@@ -151,3 +151,42 @@ def separation_degrees(features: np.ndarray, logits: np.ndarray, weight: np.ndar
     if means is not None:
         out["dist_pred_mean"], out["cos_pred_mean"] = anchor_measures(features, means, predicted, unit=False)
     return out
+
+
+# ----------------------------------------------------------------------------- the paper's Fig. 2
+
+PROJECTION_SUBSAMPLE_SEED = 0  # the same points for every method: ID test and OOD sets are shared between cells
+
+
+def _subsample(x: np.ndarray, k: int) -> np.ndarray:
+    if len(x) <= k:
+        return x
+    idx = np.sort(np.random.default_rng(PROJECTION_SUBSAMPLE_SEED).choice(len(x), size=k, replace=False))
+    return x[idx]
+
+
+def projection_axes(weight: np.ndarray, c1: int, c2: int, ood_features: np.ndarray) -> np.ndarray:
+    """Orthonormal (3, d): w1, w2 Gram-Schmidt-orthogonalised to w1, and u, the top principal
+    direction of the OOD features' residual after removing their component in span(W)."""
+    w = np.asarray(weight, dtype=np.float64)
+    e1 = w[c1] / np.linalg.norm(w[c1])
+    e2 = w[c2] - (w[c2] @ e1) * e1
+    e2 /= np.linalg.norm(e2)
+    basis = principal_basis(w)
+    z = np.asarray(ood_features, dtype=np.float64)
+    resid = z - (z @ basis) @ basis.T
+    u = np.linalg.svd(resid - resid.mean(axis=0), full_matrices=False)[2][0]
+    u *= np.sign(resid.mean(axis=0) @ u) or 1.0  # fixed sign: OOD residuals project positively on average
+    return np.stack([e1, e2, u])
+
+
+def projection_panel(cache: dict, classes: list[int], ood: str, max_points: int) -> dict:
+    """Points of the two ID classes and the OOD set in (w1, w2) and (w1, w2, u) coordinates."""
+    c1, c2 = classes
+    axes = projection_axes(cache["fc_weight"], c1, c2, cache[f"{ood}__features"])
+    labels, feats = cache["id_test__labels"], cache["id_test__features"]
+    sets = {f"ID class {c1}": feats[labels == c1], f"ID class {c2}": feats[labels == c2],
+            f"OOD {ood}": cache[f"{ood}__features"]}
+    coords = {k: _subsample(np.asarray(v, dtype=np.float64), max_points) @ axes.T for k, v in sets.items()}
+    return {"2d": {k: v[:, :2] for k, v in coords.items()}, "3d": coords,
+            "axes": (f"z·w1 (class {c1})", f"z·w2 (class {c2}, ⊥ w1)", "z·u (OOD residual PC1)")}

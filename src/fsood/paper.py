@@ -39,7 +39,7 @@ HARD_SETS = {b: records.BENCHMARKS[b].paper_hard_sets for b in BENCHMARKS}  # Ta
 REQUIRED = ("table", "method", "score", "set", "start", "fpr95", "auroc", "convention", "source")
 OPTIONAL = ("note",)
 STATUSES = ("measured", "not run", "not comparable", "not published")
-COLUMNS = ["table", "method", "score", "start", "set", "metric", "published", "measured_mean", "measured_std", "n_seeds",
+COLUMNS = ["table", "method", "score", "start", "set", "metric", "published", "measured_mean", "measured_std", "n_cells",
            "difference", "status", "detail", "note"]
 POSITIVE = {"id_positive": "id", "ood_positive": "ood"}  # convention -> metrics.json convention.positive
 
@@ -149,14 +149,15 @@ def entries(data: dict, benchmark: str) -> list[dict]:
 # ----------------------------------------------------------------------------- comparison
 
 def compare(published: list[dict], metrics: dict, methods: list[str]) -> pd.DataFrame:
-    """One row per published entry and metric (COLUMNS), measured = mean ± std over seeds.
+    """One row per published entry and metric (COLUMNS), measured = mean ± std over the method's cells.
 
-    ``metrics`` maps (method, seed) to a cell's metrics.json; ``methods`` is grid.methods.
-    std has ddof=1, and is 0 with a single seed (as in the summary table).
+    ``metrics`` maps a cell (method, pretrain_seed, seed) to its metrics.json; ``methods`` is grid.methods.
+    std has ddof=1, and is 0 with a single cell (as in the summary table).
     """
     rows = []
     for entry in published:
-        cells = {seed: m for (method, seed), m in sorted(metrics.items()) if method == entry["method"]}
+        cells = {key[1:]: m for key, m in sorted(metrics.items(), key=lambda kv: str(kv[0]))
+                 if key[0] == entry["method"]}
         for metric in METRICS:
             rows.append(_row(entry, metric, cells, methods))
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -166,9 +167,9 @@ def _row(entry: dict, metric: str, cells: dict, methods: list[str]) -> dict:
     method, score, ood_set = entry["method"], entry["score"], entry["set"]
     row = {"table": entry["table"], "method": method, "score": score, "start": entry["start"], "set": ood_set,
            "metric": metric,
-           "published": entry[metric], "measured_mean": None, "measured_std": None, "n_seeds": 0,
+           "published": entry[metric], "measured_mean": None, "measured_std": None, "n_cells": 0,
            "difference": None, "note": entry.get("note", "")}
-    if method not in methods:
+    if method not in methods and method != "none":
         return {**row, "status": "not run", "detail": f"method {method!r} is not in grid.methods {list(methods)}"}
     if not cells:
         return {**row, "status": "not run", "detail": f"no metrics.json of method {method!r} was read"}
@@ -176,7 +177,7 @@ def _row(entry: dict, metric: str, cells: dict, methods: list[str]) -> dict:
     if missing:
         return {**row, "status": "not run", "detail": missing}
     values = np.array([float(m["scores"][score][ood_set][metric]) for m in cells.values()])
-    row.update(measured_mean=float(values.mean()), n_seeds=len(values),
+    row.update(measured_mean=float(values.mean()), n_cells=len(values),
                measured_std=float(values.std(ddof=1)) if len(values) > 1 else 0.0)
     if entry[metric] is None:
         return {**row, "status": "not published", "detail": entry.get("note") or "the paper prints no value"}
@@ -189,15 +190,15 @@ def _row(entry: dict, metric: str, cells: dict, methods: list[str]) -> dict:
 
 
 def _missing(cells: dict, score: str, ood_set: str, metric: str) -> str:
-    """Why the cells cannot give this number, naming the score / set / metric and the seeds; '' if they can."""
+    """Why the cells cannot give this number, naming the score / set / metric and the cells; '' if they can."""
     for what, lacks in (
         (f"score {score!r}", lambda m: score not in m["scores"]),
         (f"set {ood_set!r} under scores.{score}", lambda m: ood_set not in m["scores"][score]),
         (f"metric {metric!r} under scores.{score}.{ood_set}", lambda m: metric not in m["scores"][score][ood_set]),
     ):
-        seeds = [seed for seed, m in cells.items() if lacks(m)]
-        if seeds:
-            return f"{what} is not in metrics.json of seed(s) {seeds}"
+        lacking = [cell for cell, m in cells.items() if lacks(m)]
+        if lacking:
+            return f"{what} is not in metrics.json of cell(s) (model, seed) {lacking}"
     return ""
 
 
@@ -212,10 +213,10 @@ def _num(value, fmt: str = ".2f") -> str:
 
 
 def _measured(r) -> str:
-    return "–" if r.n_seeds == 0 else f"{r.measured_mean:.2f} ± {r.measured_std:.2f}"
+    return "–" if r.n_cells == 0 else f"{r.measured_mean:.2f} ± {r.measured_std:.2f}"
 
 
-def comparison_markdown(frame: pd.DataFrame, data: dict, benchmark: str, seeds: list[int],
+def comparison_markdown(frame: pd.DataFrame, data: dict, benchmark: str, design: str,
                         note: str | None = None, measured_start: str | None = None) -> str:
     """The averages first (method x metric), then every published entry; notes as footnotes.
 
@@ -231,8 +232,8 @@ def comparison_markdown(frame: pd.DataFrame, data: dict, benchmark: str, seeds: 
     lines = [title, "",
              f"- Published: {data['source'].get('paper', 'the paper')}, {data['source']['version']}, tables "
              f"{sorted(set(frame['table']))} as transcribed in `src/fsood/paper_results.yaml`; percent.",
-             f"- Measured: mean ± std over the grid's {len(seeds)} seed(s) {seeds} of each cell's metrics.json "
-             "`scores.<score>.<set>.<metric>` (std with ddof=1; 0 for one seed); difference = measured - published.",
+             f"- Measured: {design}, of each cell's metrics.json `scores.<score>.<set>.<metric>` (std with ddof=1; 0 "
+             "for one cell); `mean` averages the natural OOD sets; difference = measured - published.",
              "- Published numbers are ID-positive (Hendrycks' FPR95); cells scored with OOD-positive metrics are "
              "`not comparable` and get no difference.",
              "- Each published entry names its score and the starting model it assumes (`start`, a name in "
@@ -279,7 +280,7 @@ def summary_section(frame: pd.DataFrame) -> dict:
         entry = out.setdefault(r.method, {}).setdefault(r.score, {})
         if r.published is not None and not (isinstance(r.published, float) and math.isnan(r.published)):
             entry.setdefault("published", {})[r.metric] = float(r.published)
-        if r.n_seeds:
+        if r.n_cells:
             entry.setdefault("measured", {})[r.metric] = {"mean": round(r.measured_mean, 4),
                                                           "std": round(r.measured_std, 4)}
         if r.status == "measured":

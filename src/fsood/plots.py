@@ -18,6 +18,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from scipy import stats  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -197,13 +198,13 @@ def _separation_panel(ax, data: pd.DataFrame, measure: str, methods: list[str], 
 
 
 def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[str], sets: list[str],
-                      subtitle: str = "", pretrain_seed: int | None = None) -> Figure:
-    """NC1-NC4 of the pretrained model on ID train (Papyan et al.; the paper's Sec. 3 premise), then
+                      subtitle: str = "") -> Figure:
+    """NC1-NC4 of the pretrained models on ID train (Papyan et al.; the paper's Sec. 3 premise), then
     one panel per feature-separation measure present (SEPARATION_PANELS): the paper's Table 7
     (predicted-class weight), Table 14 (predicted-class mean) and the cosine to span(W).
 
-    ``nc``: DataFrame (metric, value) of the one pretrained model; ``separation``: long DataFrame
-    (method, seed, set, measure, value). Error bars: std over seeds.
+    ``nc``: DataFrame (metric, value), one row a pretrained model and metric (bars: the mean over models);
+    ``separation``: long DataFrame (method, ..., set, measure, value). Error bars: std over cells.
     """
     measures = [m for m in SEPARATION_PANELS if m in set(separation["measure"])]
     fig, axes = plt.subplots(2, 2, figsize=(15, 10), squeeze=False)
@@ -214,9 +215,9 @@ def nc_and_separation(nc: pd.DataFrame, separation: pd.DataFrame, methods: list[
     _label_above(left, left.containers[0], nc_stats, "{:.3f}")
     left.set_xticks(range(len(metrics)), [NC_LABELS[m] for m in metrics], fontsize=8)
     left.set(xlabel="", ylabel="value (0 = perfect collapse)")
-    seed = "" if pretrain_seed is None else f" (pretraining seed {pretrain_seed})"
-    left.set_title(f"Neural Collapse of the pretrained model{seed}, ID train\nshared by every fine-tuning cell",
-                   fontsize=11)
+    n_models = int(nc.groupby("metric").size().max()) if len(nc) else 0
+    left.set_title(f"Neural Collapse of the pretrained model{'s (mean of ' + str(n_models) + ')' if n_models > 1 else ''}"
+                   ", ID train\nthe start of every fine-tuning cell", fontsize=11)
     panels = list(axes.flat[1:])
     for ax, measure in zip(panels, measures):
         _separation_panel(ax, separation[separation["measure"] == measure], measure, methods, sets)
@@ -274,3 +275,75 @@ def training_curves(history: pd.DataFrame, methods: list[str], title: str) -> Fi
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 0.94))
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.8, hspace=0.45, wspace=0.25)
     return fig
+
+
+OUTCOME_COLOURS = {"supported": "#2ca02c", "not supported": "#d62728", "inconclusive": "#7f7f7f"}
+
+
+def forest_plot(verdict: dict, per_seed: dict[str, list[float]], title: str) -> Figure:
+    """The verdict as a forest plot: per pretrained model its difference (method - baseline, mean over its
+    fine-tuning seeds, each seed a small dot) with its t interval over seeds, then the pooled mean with its t
+    interval over models and the hierarchical bootstrap's interval; 0 and the equivalence band (±margin).
+
+    ``verdict``: fsood.verdict.evaluate's result; ``per_seed``: {model: its cells' differences}."""
+    design, alpha = verdict["design"], verdict["alpha"]
+    models = [str(m) for m in verdict["models"]]
+    rows = [f"model {m}" for m in models] + ["pooled (t)"] + (["pooled (bootstrap)"] if "bootstrap" in verdict else [])
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(rows) + 2.4))
+    margin = verdict["margin"]
+    ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"equivalence ±{margin:g}")
+    ax.axvline(0, color="0.3", lw=1)
+    for i, m in enumerate(models):
+        values = np.asarray(per_seed[m], dtype=np.float64)
+        centre = float(values.mean())
+        if len(values) > 1:
+            half = stats.t.ppf(1 - alpha / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+            ax.plot([centre - half, centre + half], [i, i], color="#1f77b4", lw=2)
+        ax.scatter(values, [i] * len(values), s=14, color="#1f77b4", alpha=0.45, zorder=3)
+        ax.scatter([centre], [i], s=60, marker="s", color="#1f77b4", zorder=4)
+    colour = OUTCOME_COLOURS[verdict["outcome"]]
+    pooled = [(len(models), verdict["t_interval"])]
+    if "bootstrap" in verdict:
+        pooled.append((len(models) + 1, [verdict["bootstrap"]["low"], verdict["bootstrap"]["high"]]))
+    for y, (low, high) in pooled:
+        if low is None or high is None:  # one pretrained model: no interval over models
+            ax.annotate("no interval: one pretrained model", (verdict["mean"], y), xytext=(0, 10),
+                        textcoords="offset points", ha="center", fontsize=8, color=colour)
+        else:
+            ax.plot([low, high], [y, y], color=colour, lw=3)
+        ax.scatter([verdict["mean"]], [y], s=110, marker="D", color=colour, zorder=4)
+    finite = [v for _, iv in pooled for v in iv if v is not None] + [v for vs in per_seed.values() for v in vs]
+    span = max([abs(v) for v in finite] + [margin]) * 1.25
+    ax.set_xlim(-span, span)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.invert_yaxis()
+    better = "lower" if design["better"] == "lower" else "higher"
+    ax.set_xlabel(textwrap.fill(
+        f"{design['method']} ({design['method_score']}) - {design['baseline']} ({design['baseline_score']}), "
+        f"{design['endpoint'].upper()} averaged over {', '.join(design['sets'])} (points; {better} is better for "
+        "the method)", width=95), fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    flip = verdict["sign_flip"]
+    ax.set_title(f"{title}\nverdict: {verdict['outcome']} (sign-flip p = {flip['p_one_sided']:.3f}, "
+                 f"{1 - alpha:.0%} intervals)", fontsize=11, color=colour)
+    fig.tight_layout()
+    return fig
+
+
+def projection_figure(report: dict, benchmark: str, caches: dict, pretrain_seed: int) -> Figure:
+    """The paper's Fig. 2 for the report: the projection panels (fsood.nc) of up to two fine-tuned methods
+    (``caches``: their score caches, of pretrained model ``pretrain_seed`` and ``report.projection_seed``)."""
+    from fsood.nc import projection_panel
+
+    classes, ood = report["projection_classes"], report["projection_ood"][benchmark]
+    title = (f"Fig. 2 analog, {benchmark}, model {pretrain_seed}, seed {report['projection_seed']}: ID classes vs "
+             f"OOD '{ood}'")
+    if not caches:
+        return message_figure("no fine-tuned methods in the grid", title)
+    panels = {m: projection_panel(cache, classes, ood, report["max_points"]) for m, cache in caches.items()}
+    caption = (f"Raw penultimate features z projected onto w1 = W[{classes[0]}]/||.|| and w2 = W[{classes[1]}] "
+               "Gram-Schmidt-orthogonalised to w1 (rows of each model's own classifier W). 3-D: third axis u = top "
+               "principal direction (numpy SVD) of the centred residual of the OOD features after removing their "
+               f"component in span(W); u is orthogonal to span(W). Up to {report['max_points']} points per set "
+               "(fixed subsample).")
+    return feature_projection(panels, caption, title)

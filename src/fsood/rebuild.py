@@ -1,6 +1,7 @@
 """``fsood rebuild``: rerun one recorded cell and check that it gives the same bytes.
 
-    python -m fsood rebuild --benchmark B --method M --seed S [--params params.yaml] [--use-current-params]
+    python -m fsood rebuild --benchmark B --pretrain-seed K --method M [--seed S] [--params params.yaml]
+                           [--use-current-params]
 
 Reads the cell's provenance.json (fsood.provenance), refuses when params.yaml no longer defines the
 cell as recorded (naming the differing keys) unless ``--use-current-params``, reruns the finetune and
@@ -28,13 +29,14 @@ from fsood.io import read_json
 _LOG_TAIL = 2000
 
 
-def record_path(benchmark: str, method: str, seed: int) -> Path:
-    return contract.out("score", "provenance", benchmark=benchmark, method=method, seed=seed)
+def record_path(cell: dict) -> Path:
+    stage = provenance.cell_stages(cell)[-1]  # the scoring stage writes the record
+    return contract.out(stage, "provenance", **{w: cell[w] for w in contract.stage(stage).wildcards})
 
 
-def changed_params(recorded: dict, params: dict, benchmark: str, method: str) -> list[str]:
+def changed_params(recorded: dict, params: dict, cell: dict) -> list[str]:
     """Dotted keys (under the record's ``params``) whose current value differs from the recorded one."""
-    return provenance.diff_keys(recorded["params"], provenance.cell_params(params, benchmark, method))
+    return provenance.diff_keys(recorded["params"], provenance.cell_params(params, cell))
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -45,30 +47,30 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def share_inputs(workspace: Path, params: dict, benchmark: str, method: str, seed: int) -> None:
+def share_inputs(workspace: Path, params: dict, cell: dict) -> None:
     """Hard-link (or copy) the cell's recorded inputs (provenance.input_files: the data folder, the pretrain
     and subspace outputs its stages declare) into ``workspace``; a set of image files with a relative
     root gets a symlink to that root."""
-    for src in provenance.input_files(params, benchmark, method, seed):
+    for src in provenance.input_files(params, cell):
         _link_or_copy(src, workspace / src)
-    for info in read_json(contract.manifest(benchmark))["sets"].values():
+    for info in read_json(contract.manifest(cell["benchmark"]))["sets"].values():
         root = info.get("root")
         if info.get("kind") == "files" and root and not Path(root).is_absolute() and not (workspace / root).exists():
             (workspace / root).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(Path(root).resolve(), workspace / root)
 
 
-def run_stages(workspace: Path, benchmark: str, method: str, seed: int, score_threads: int) -> None:
-    """The cell's stages (provenance.CELL_STAGES), each with its contract's command, inside ``workspace``.
+def run_stages(workspace: Path, cell: dict, score_threads: int) -> None:
+    """The cell's stages (provenance.cell_stages), each with its contract's command, inside ``workspace``.
 
-    Finetune runs with ``runtime.threads`` (OMP_NUM_THREADS unset, as under ``dvc repro``); score with
+    Finetune runs with ``runtime.threads`` (OMP_NUM_THREADS unset, as under ``dvc repro``); scoring with
     the thread count the record names: CPU results are bit-stable for a fixed thread count only."""
-    for stage in provenance.CELL_STAGES:
+    for stage in provenance.cell_stages(cell):
         env = dict(os.environ)
         env.pop("OMP_NUM_THREADS", None)
-        if stage == "score":
+        if stage != "finetune":
             env["OMP_NUM_THREADS"] = str(score_threads)
-        cmd = contract.stage(stage).command(benchmark=benchmark, method=method, seed=seed).split()
+        cmd = contract.stage(stage).command(**{w: cell[w] for w in contract.stage(stage).wildcards}).split()
         proc = subprocess.run([sys.executable, *cmd[1:]], cwd=workspace, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"rebuild: the {stage} stage failed (exit {proc.returncode}):\n"
@@ -91,20 +93,21 @@ def format_table(rows: list[tuple[str, str, str, bool]], digits: int = 16) -> st
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *lines])
 
 
-def rebuild(params: dict, params_file: str, benchmark: str, method: str, seed: int,
-            use_current_params: bool = False, keep: bool = False, out: TextIO = sys.stdout) -> int:
+def rebuild(params: dict, params_file: str, cell: dict, use_current_params: bool = False, keep: bool = False,
+            out: TextIO = sys.stdout) -> int:
     """Rebuild one cell from its provenance in a temporary workspace; 0 when every output matches, else 1.
 
     Raises ParamsError when the current params differ from the recorded ones (unless
     ``use_current_params``) and FileNotFoundError when the cell has no provenance record."""
-    path = record_path(benchmark, method, seed)
+    name = contract.cell_name(*cell.values())
+    path = record_path(cell)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no provenance record for cell {benchmark}-{method}-{seed}; "
+        raise FileNotFoundError(f"{path}: no provenance record for cell {name}; "
                                 "run its score stage first (snakemake / dvc repro)")
     recorded = read_json(path)
-    changed = changed_params(recorded, params, benchmark, method)
+    changed = changed_params(recorded, params, cell)
     if changed and not use_current_params:
-        raise ParamsError(f"{params_file} no longer defines cell {benchmark}-{method}-{seed} as recorded in {path}; "
+        raise ParamsError(f"{params_file} no longer defines cell {name} as recorded in {path}; "
                           f"differing keys: {', '.join(changed)}. Restore them, or pass --use-current-params "
                           "to rebuild with the current values")
     if changed:
@@ -115,12 +118,12 @@ def rebuild(params: dict, params_file: str, benchmark: str, method: str, seed: i
         if not row_ok:
             print(f"warning: input {name} is not the recorded one; the outputs cannot be expected to match",
                   file=out)
-    workspace = Path(tempfile.mkdtemp(prefix=f"fsood-rebuild-{benchmark}-{method}-{seed}-"))
+    workspace = Path(tempfile.mkdtemp(prefix=f"fsood-rebuild-{name}-"))
     try:
-        share_inputs(workspace, params, benchmark, method, seed)
+        share_inputs(workspace, params, cell)
         shutil.copyfile(params_file, workspace / "params.yaml")
-        run_stages(workspace, benchmark, method, seed, recorded["runtime"]["threads"])
-        expected = [f.as_posix() for f in provenance.output_files(benchmark, method, seed)]
+        run_stages(workspace, cell, recorded["runtime"]["threads"])
+        expected = [f.as_posix() for f in provenance.output_files(cell)]
         names = dict.fromkeys([*recorded["outputs"], *expected])
         rebuilt = {name: provenance.sha256_file(workspace / name) if (workspace / name).is_file() else None
                    for name in names}
@@ -137,7 +140,7 @@ def rebuild(params: dict, params_file: str, benchmark: str, method: str, seed: i
             for name, want, got, ok in compare(on_disk, rebuilt)]
     print(format_table(rows), file=out)
     matched = all(ok for *_, ok in rows)
-    print(f"cell {benchmark}-{method}-{seed}: " + ("rebuilt outputs match the record" if matched else
+    print(f"cell {name}: " + ("rebuilt outputs match the record" if matched else
           f"{sum(not ok for *_, ok in rows)} of {len(rows)} outputs differ from the record"), file=out)
     return 0 if matched else 1
 
@@ -145,9 +148,11 @@ def rebuild(params: dict, params_file: str, benchmark: str, method: str, seed: i
 def main(params: dict, args) -> int:
     """The CLI's entry (fsood.cli); a params mismatch propagates as ParamsError (exit 2), a missing
     record or a failed stage exits 1 with the message."""
+    if args.method != contract.NONE and args.seed is None:
+        raise ParamsError(f"rebuild of a fine-tuned cell ({args.method}) needs --seed")
+    cell = provenance.cell_of(args.benchmark, args.pretrain_seed, args.method, args.seed)
     try:
-        return rebuild(params, args.params, args.benchmark, args.method, args.seed,
-                       use_current_params=args.use_current_params, keep=args.keep)
+        return rebuild(params, args.params, cell, use_current_params=args.use_current_params, keep=args.keep)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         if isinstance(err, ParamsError):
             raise

@@ -21,7 +21,7 @@ from fsood.io import file_sha256
 log = logging.getLogger(__name__)
 
 RESUME_DIR = ".fsood/resume"  # outside every DVC output and dependency (gitignored, dvcignored)
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2  # 2: the optimizer state of fsood.recipe.Optimizers, the lookahead average
 
 
 class Resume:
@@ -38,7 +38,7 @@ class Resume:
 
     @classmethod
     def for_job(cls, stage: str, params: dict, extra: dict | None = None, **wildcards) -> Resume:
-        """``.fsood/resume/<stage>-<cell>.pt`` (e.g. ``finetune-digits-sep-0.pt``), keyed by what the stage's
+        """``.fsood/resume/<stage>-<cell>.pt`` (e.g. ``finetune-digits-0-sep-1.pt``), keyed by what the stage's
         contract (fsood.contract) says decides its outputs: its declared params and the sha256 of its
         input files, plus ``extra`` (the number of ranks), the torch version and the file format."""
         from fsood import contract
@@ -49,8 +49,7 @@ class Resume:
                        "extra": extra or {}, "torch": torch.__version__, "format": RESUME_FORMAT,
                        "inputs": {str(p): file_sha256(p) for p in inputs}}
         key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
-        name = "-".join(str(wildcards[w]) for w in spec.wildcards)
-        return cls(Path(RESUME_DIR) / f"{stage}-{name}.pt", key)
+        return cls(Path(RESUME_DIR) / f"{stage}-{spec.cell(**wildcards)}.pt", key)
 
     def read(self, epochs: int) -> tuple[dict | None, str | None]:
         """(state, None) for a usable file; (None, why) for a corrupt, foreign or stale one; (None, None)
@@ -122,7 +121,7 @@ def load_resume(resume: Resume, epochs: int, ctx: dist.Context, device: torch.de
 
 def save_resume(resume: Resume, model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                  objective, epoch: int, step: int, history: list[dict], ctx: dist.Context,
-                 device: torch.device, desc: str) -> None:
+                 device: torch.device, desc: str, lookahead=None) -> None:
     """Rank 0 writes the state after ``epoch`` (every rank's RNG states, gathered); weights that are no
     longer finite are not saved, so the last good file stays and a rerun never resumes into NaN."""
     rng = rng_state(device)
@@ -139,4 +138,5 @@ def save_resume(resume: Resume, model: torch.nn.Module, opt: torch.optim.Optimiz
     objective_state = objective.state_dict() if hasattr(objective, "state_dict") else None
     resume.save({"epoch": epoch, "step": step, "history": history, "generator": gen.get_state(), "rng": gathered,
                  "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "optimizer": opt.state_dict(), "objective": objective_state})
+                 "optimizer": opt.state_dict(), "objective": objective_state,
+                 "lookahead": None if lookahead is None else lookahead.state_dict()})

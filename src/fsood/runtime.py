@@ -80,6 +80,16 @@ def _cpuinfo(field: str) -> str | None:
     return None
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: /proc), for the per-job start cost; None elsewhere."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (empty where there are none: then no native bf16 is assumed)."""
     return set((_cpuinfo("flags") or "").split())
@@ -90,17 +100,32 @@ def cpu_model() -> str:
     return _cpuinfo("model name") or "unknown"
 
 
+_AUTO: dict = {}  # this process's measured choice for its model (fsood.autotune), once prepare_model made it
+
+
 def precision(runtime: dict, device: torch.device) -> str:
-    """``runtime.precision`` resolved: 'auto' is bf16 where the device computes bf16 natively (a CPU with
-    AVX512-BF16 or AMX, a GPU that supports it), else fp32. Measured (docs/performance.md): bf16 autocast
-    trains cifar10-mini's compact net faster than fp32 on both CPUs with those flags seen here, but a
-    WRN-16-2 slower on one of them: the global default stays fp32, a benchmark opts in."""
+    """``runtime.precision`` resolved. 'auto': on a GPU, bf16 where it supports it; on a CPU, the choice
+    :func:`prepare_model` measured for this machine and model (fsood.autotune), and before any model is
+    prepared, bf16 where the CPU computes it natively (AVX512-BF16 or AMX) else fp32."""
     want = runtime["precision"]
     if want != "auto":
         return want
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if "precision" in _AUTO:
+        return _AUTO["precision"]
     return "bf16" if cpu_flags() & set(BF16_CPU_FLAGS) else "fp32"
+
+
+def channels_last(runtime: dict) -> bool:
+    """``runtime.channels_last`` resolved: 'auto' is the measured choice (fsood.autotune), else True."""
+    want = runtime["channels_last"]
+    return _AUTO.get("channels_last", True) if want == "auto" else bool(want)
+
+
+def auto_choice() -> dict:
+    """What 'auto' resolved to in this process and the rates it rests on (provenance.json); {} if nothing."""
+    return dict(_AUTO)
 
 
 def autocast(runtime: dict, device: torch.device):
@@ -110,8 +135,22 @@ def autocast(runtime: dict, device: torch.device):
     return contextlib.nullcontext()
 
 
-def prepare_model(model: torch.nn.Module, runtime: dict, device: torch.device) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, runtime: dict, device: torch.device,
+                  shape: tuple[int, ...] | None = None) -> torch.nn.Module:
+    """``model`` on ``device`` in the run's memory format. Where ``runtime.precision`` or ``channels_last`` is
+    'auto' on a CPU and the input ``shape`` (C, H, W) is given, the choice is measured for this machine and
+    model, or read from the previous measurement (fsood.autotune), and logged."""
     model = model.to(device)
-    if runtime["channels_last"]:
+    auto = [k for k in ("precision", "channels_last") if runtime[k] == "auto"]
+    if auto and device.type == "cpu" and shape is not None:
+        from fsood import autotune
+
+        native = bool(cpu_flags() & set(BF16_CPU_FLAGS))
+        precisions = (["fp32", "bf16"] if native else ["fp32"]) if "precision" in auto else [runtime["precision"]]
+        formats = [False, True] if "channels_last" in auto else [bool(runtime["channels_last"])]
+        _AUTO.update(autotune.resolve(model, tuple(shape), cpu_model(), cpu_flags(), precisions, formats))
+        log.info("runtime auto on %s: precision %s, channels_last %s (measured images/s: %s)", cpu_model(),
+                 _AUTO["precision"], _AUTO["channels_last"], _AUTO["rates"])
+    if channels_last(runtime):
         model = model.to(memory_format=torch.channels_last)
     return model

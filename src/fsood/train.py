@@ -17,7 +17,6 @@ CPU work that would otherwise starve the GPU.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,10 +30,11 @@ from tqdm import tqdm
 from fsood import distributed as dist
 from fsood import runtime as rt
 from fsood.augment import AugmentDraws, apply_augment, augment_batch, draw_augment
-from fsood.batches import Rows, check_shards, fetch_step
+from fsood.batches import Rows, check_shards, fetch_step, index_stream, plan_batches, stream_generator
 from fsood.inference import ImageSet, forward_pass, host_rows, normalizer
 from fsood.losses import cosine_to_classes
-from fsood.recipe import cosine_lr, lr_at, param_groups
+from fsood.recipe import (Lookahead, Optimizers, cosine_lr, freeze_batchnorm, lookahead_for, lr_at, optimizer,
+                          set_batchnorm_momentum, set_epoch)
 from fsood.resume import RESUME_DIR, RESUME_FORMAT, Resume, load_resume, save_resume, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class _Run:
 
     model: torch.nn.Module
     net: torch.nn.Module  # the model, wrapped for data parallelism
-    opt: torch.optim.Optimizer
+    opt: Optimizers
     gen: torch.Generator
     objective: Objective
     cfg: dict
@@ -79,20 +79,30 @@ class _Run:
     xo: Rows | None
     bs_in: int
     bs_out: int
-    steps_per_epoch: int
-    total_steps: int
+    plan: list[list[Tensor]]  # the ID batches of every epoch (fsood.batches.plan_batches)
+    outlier_plan: Tensor | None  # (steps trained, outlier batch size): the outliers of each global step
+    total_steps: int  # of the LR schedule
     desc: str
+    lookahead: Lookahead | None = None  # the fast recipe's weight averaging (fsood.recipe)
+    flip_base: Tensor | None = None  # augment.hflip alternate: each ID image's flip in even epochs
 
 
-def _steps_per_epoch(n: int, bs_in: int, ctx: dist.Context, desc: str) -> int:
-    """ID batches per epoch; a last one with fewer images than ranks is skipped (one rank would have none)."""
-    steps = math.ceil(n / bs_in)
-    if 0 < n % bs_in < ctx.world_size:
-        steps -= 1
-        if ctx.is_main:
-            log.warning("%s: the last ID batch of each epoch (%d images) is skipped: fewer than %d ranks",
-                        desc, n % bs_in, ctx.world_size)
-    return steps
+def alternate_flips(n: int, augment: dict, seed: int) -> Tensor | None:
+    """airbench's alternating flip (``augment.hflip: alternate``): a fixed random half of the ID images is
+    flipped in even epochs and the other half in odd ones, so every image is seen both ways within two epochs
+    (random flips repeat a side for a quarter of the images); None for random or no flips."""
+    if augment["hflip"] != "alternate":
+        return None
+    return torch.rand(n, generator=stream_generator(seed, "flip")) < 0.5
+
+
+def _plan(n: int, bs_in: int, cfg: dict, seed: int, ctx: dist.Context, desc: str) -> list[list[Tensor]]:
+    """The run's ID batches (fsood.batches.plan_batches) from their own generator seeded by ``seed``."""
+    steps_per_epoch = cfg.get("steps_per_epoch")
+    if steps_per_epoch is None and 0 < n % bs_in < ctx.world_size and ctx.is_main:
+        log.warning("%s: the last ID batch of each epoch (%d images) is skipped: fewer than %d ranks",
+                    desc, n % bs_in, ctx.world_size)
+    return plan_batches(n, bs_in, cfg["epochs"], steps_per_epoch, stream_generator(seed, "id"), ctx.world_size)
 
 
 def _restore(run: _Run, state: dict | None) -> tuple[list[dict], int, int]:
@@ -104,11 +114,14 @@ def _restore(run: _Run, state: dict | None) -> tuple[list[dict], int, int]:
     set_rng_state(state["rng"][run.ctx.rank], run.device)
     if state["objective"] is not None:
         run.objective.load_state_dict(state["objective"])
+    if run.lookahead is not None:
+        run.lookahead.load_state_dict(state["lookahead"])
     return state["history"], state["step"], state["epoch"] + 1
 
 
-def _inputs(run: _Run, fetched: tuple) -> tuple[Tensor, Tensor]:
-    """The augmented, normalised model input of one fetched step and its ID labels."""
+def _inputs(run: _Run, fetched: tuple, batch_ids: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
+    """The augmented, normalised model input of one fetched step and its ID labels (``batch_ids``: the global
+    ID batch's indices, for the alternating flip)."""
     n_global, idx, oidx, host_in, host_out = fetched
     aug = run.cfg["augment"]
     idx = idx.to(run.device, non_blocking=True)
@@ -117,11 +130,15 @@ def _inputs(run: _Run, fetched: tuple) -> tuple[Tensor, Tensor]:
     if run.xo is not None:
         batch = torch.cat([batch, run.xo.device_rows(oidx, host_out)])
         mine = torch.cat([mine, n_global + dist.shard(torch.arange(run.bs_out), run.ctx)])
-    draws = draw_augment(n_global + run.bs_out, aug["crop_padding"], aug["hflip"], run.gen)
+    draws = draw_augment(n_global + run.bs_out, aug["crop_padding"], bool(aug["hflip"]), run.gen)
+    if run.flip_base is not None:  # alternating flip: each ID image flipped in every other epoch
+        flips = draws.flip.clone()
+        flips[:n_global] = run.flip_base[batch_ids] ^ bool(epoch % 2)
+        draws = draws._replace(flip=flips)
     if run.ctx.distributed:
         draws = draws.take(mine)
-    inputs = run.to_input(apply_augment(batch, draws, aug["crop_padding"]))
-    if run.runtime["channels_last"]:
+    inputs = run.to_input(apply_augment(batch, draws, aug["crop_padding"], aug.get("padding_mode", "zeros")))
+    if rt.channels_last(run.runtime):
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     return inputs, labels
 
@@ -142,24 +159,33 @@ def _step(run: _Run, inputs: Tensor, labels: Tensor, epoch: int, i: int, step: i
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()
+    if run.lookahead is not None:
+        run.lookahead.update(run.model, step + 1)
     return logits, z, loss, terms
 
 
 def _epoch(run: _Run, epoch: int, step: int, prefetch: ThreadPoolExecutor) -> tuple[dict, int]:
     """Train one epoch from global step ``step``: (its history row, summed over ranks; the next step)."""
     run.net.train()
-    perm = torch.randperm(len(run.xs), generator=run.gen)
-    perm_out = None if run.xo is None else torch.randperm(len(run.xo), generator=run.gen)
-    fetch_args = (perm, perm_out, run.xs, run.xo, run.bs_in, run.bs_out, run.ctx)
-    pending = prefetch.submit(fetch_step, 0, *fetch_args) if run.steps_per_epoch else None
+    set_epoch(run.model, run.cfg, epoch)
+    freeze_batchnorm(run.model, run.cfg)
+    batches, first = run.plan[epoch], step
+
+    def fetch(i: int):
+        outliers = None if run.outlier_plan is None else run.outlier_plan[first + i]
+        return fetch_step(batches[i], outliers, run.xs, run.xo, run.ctx)
+
+    pending = prefetch.submit(fetch, 0) if batches else None
     sums: dict[str, float] = {}
     correct = seen = 0
-    for i in range(run.steps_per_epoch):
+    for i in range(len(batches)):
         fetched = pending.result()
-        if i + 1 < run.steps_per_epoch:
-            pending = prefetch.submit(fetch_step, i + 1, *fetch_args)
-        inputs, labels = _inputs(run, fetched)
+        if i + 1 < len(batches):
+            pending = prefetch.submit(fetch, i + 1)
+        inputs, labels = _inputs(run, fetched, batches[i], epoch)
         logits, z, loss, terms = _step(run, inputs, labels, epoch, i, step)
+        if step == 0 and run.ctx.is_main and (age := rt.process_age()) is not None:
+            log.info("%s: first training step done %.2f s after the process started", run.desc, age)
         step += 1
         n_in = len(labels)
         with torch.no_grad():
@@ -185,16 +211,21 @@ def _start(model, id_x, id_y, cfg, runtime, device, norm, objective, seed, outli
     # pretraining has one batch size; fine-tuning zips an ID batch with an outlier batch
     bs_in = cfg["batch_size"] if xo is None else cfg["id_batch_size"]
     check_shards(cfg, ctx.world_size, outliers=xo is not None)
-    steps_per_epoch = _steps_per_epoch(len(xs), bs_in, ctx, desc)
-    total_steps = schedule_steps(cfg, steps_per_epoch)
+    plan = _plan(len(xs), bs_in, cfg, seed, ctx, desc)
+    total_steps = schedule_steps(cfg, len(plan[0]) if plan else 0)
+    bs_out = 0 if xo is None else cfg["outlier_batch_size"]
+    trained = sum(len(batches) for batches in plan)
+    outlier_plan = None if xo is None else index_stream(len(xo), trained * bs_out,
+                                                        stream_generator(seed, "outliers")).view(trained, bs_out)
     state = None if resume is None else load_resume(resume, cfg["epochs"], ctx, device, desc)
     if state is not None:  # before the DDP wrapper, which broadcasts rank 0's weights when built
         model.load_state_dict(state["model"])
     net = dist.wrap(model, ctx, device)  # forward through DDP; model.fc stays the classifier
-    opt = torch.optim.SGD(param_groups(model, cfg), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
+    opt = optimizer(model, cfg)
     run = _Run(model, net, opt, gen, objective, cfg, runtime, device, ctx, normalizer(norm, device), xs,
-               torch.from_numpy(id_y).to(device), xo, bs_in, 0 if xo is None else cfg["outlier_batch_size"],
-               steps_per_epoch, total_steps, desc)
+               torch.from_numpy(id_y).to(device), xo, bs_in, bs_out, plan, outlier_plan, total_steps, desc,
+               lookahead_for(model, cfg, total_steps), alternate_flips(len(xs), cfg["augment"], seed))
+    set_batchnorm_momentum(model, cfg)
     return run, state
 
 
@@ -253,10 +284,13 @@ def train(
     with ThreadPoolExecutor(1, thread_name_prefix="fsood-prefetch") as prefetch:
         for epoch in bar:
             row, step = _epoch(run, epoch, step, prefetch)
+            if run.lookahead is not None and epoch == cfg["epochs"] - 1:
+                run.lookahead.finish(model)  # the model is the average from here on (airbench's final update)
             history.append(row)
             _announce(run, bar, lines, epoch, row)
             if resume is not None:
-                save_resume(resume, model, run.opt, run.gen, objective, epoch, step, history, ctx, device, desc)
+                save_resume(resume, model, run.opt, run.gen, objective, epoch, step, history, ctx, device, desc,
+                            run.lookahead)
             if after_epoch is not None:  # e.g. benchmarks/pretrain_recipes.py's test accuracy; must not train
                 after_epoch(epoch, row)
     dist.broadcast_buffers(model, ctx)

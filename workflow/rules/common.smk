@@ -15,6 +15,7 @@ GPU = 1 if config["runtime"]["device"] in ("cuda", "auto") else 0
 wildcard_constraints:
     benchmark="|".join(GRID["benchmarks"]),
     method="|".join(GRID["methods"]),
+    pretrain_seed=r"\d+",
     seed=r"\d+",
 
 
@@ -78,11 +79,10 @@ def stage_resources(stage):
     out = {"mem_mb": pick("mem_mb"), "runtime": pick("runtime")}
     if stage.resources.gpu:
         n = (lambda w: processes(w.benchmark)) if stage.name == "finetune" else (lambda w: 1)
-        none = (lambda w: w.get("method") == "none") if stage.name == "finetune" else (lambda w: False)
-        out["gpu"] = lambda wildcards: 0 if none(wildcards) else GPU * n(wildcards)
+        out["gpu"] = lambda wildcards: GPU * n(wildcards)
         # cells_per_gpu jobs share one GPU: `--resources gpu_slots=12` (contract.GPU_SLOTS) is one GPU
         share = lambda w: contract.gpu_slots(config["benchmarks"][w.benchmark].get("resources", {}).get("cells_per_gpu", 1))
-        out["gpu_slots"] = lambda wildcards: 0 if none(wildcards) else GPU * n(wildcards) * share(wildcards)
+        out["gpu_slots"] = lambda wildcards: GPU * n(wildcards) * share(wildcards)
     return out
 
 

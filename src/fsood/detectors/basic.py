@@ -98,3 +98,15 @@ class FeatureSeparation(Detector):
 
     def score(self, logits, features, weight):
         return feature_separation_score(logits, features, weight, self.mean_over_classes)
+
+
+@register
+@dataclass
+class FeatureSeparationText(Detector):
+    """Eq. 6 as the paper prints it, with 1/C whatever ``score.mean_over_classes`` says: beside ``fs`` (the
+    authors' code's plain sum on CIFAR), so that both forms are computed and shown."""
+
+    name = "fs_text"
+
+    def score(self, logits, features, weight):
+        return feature_separation_score(logits, features, weight, mean_over_classes=True)

@@ -32,7 +32,7 @@ def perturbed_scores(model: torch.nn.Module, x: np.ndarray, runtime: dict, devic
     out = []
     for start in range(0, len(x), runtime["eval_batch_size"]):
         inputs = to_input(torch.from_numpy(x[start:start + runtime["eval_batch_size"]]).to(device))
-        if runtime["channels_last"]:
+        if rt.channels_last(runtime):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         inputs.requires_grad_(True)
         with torch.enable_grad(), rt.autocast(runtime, device):

@@ -31,6 +31,24 @@ def load_model(params: dict, benchmark: str, data: BenchmarkData, checkpoint: Pa
                       expect=f"({arch}, {data.num_classes} classes)")
 
 
+def input_shape(data: BenchmarkData) -> tuple[int, ...]:
+    """(C, H, W) of the benchmark's images, as the data stage recorded them."""
+    return tuple(data.manifest["sets"]["id_test"]["shape"])
+
+
+def prepared(model, params: dict, data: BenchmarkData, device):
+    """``model`` on ``device``, in the precision and memory format of the run (measured where 'auto')."""
+    from fsood import runtime as rt
+
+    return rt.prepare_model(model, params["runtime"], device, input_shape(data))
+
+
+def load_pretrained(params: dict, benchmark: str, pretrain_seed: int, data: BenchmarkData, device):
+    """The pretrained model ``pretrain_seed`` of a benchmark, on ``device`` in the run's memory format."""
+    checkpoint = contract.out("pretrain", "model", benchmark=benchmark, pretrain_seed=pretrain_seed)
+    return prepared(load_model(params, benchmark, data, checkpoint), params, data, device)
+
+
 def published_checkpoint(params: dict, benchmark: str, data: BenchmarkData):
     """The model of ``pretrain.checkpoint`` (a registry source, e.g. energy_ood's WRN-40-2), verified
     and renamed to fsood's keys, with what was loaded (name, file, sha256); ``None`` when the

@@ -1,4 +1,4 @@
-"""Stage 4, finetune: OE, Energy-OE or the paper's separation fine-tuning ("none" keeps the model).
+"""Stage 4, finetune: OE, Energy-OE, DAL or the paper's separation fine-tuning of one pretrained model.
 
 ``benchmarks.B.finetune.processes`` > 1 trains data-parallel on one node (fsood.distributed): this
 command spawns the workers itself, or, started by ``torchrun`` (RANK / WORLD_SIZE set), is one of them.
@@ -7,6 +7,8 @@ Rank 0 alone writes the history and the checkpoint. Training saves a resume file
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -14,22 +16,19 @@ from fsood import distributed as dist
 from fsood import contract
 from fsood import runtime as rt
 from fsood.config import method_params
-from fsood.io import load_npz, save_state_dict, write_bytes
+from fsood.io import load_npz, read_json, save_state_dict
+from fsood.margins import margins
 from fsood.methods import make_objective
-from fsood.stages.common import benchmark_data, load_model, normalization, write_history
+from fsood.stages.common import benchmark_data, load_pretrained, normalization, write_history
 from fsood.subsets import balanced_subset
 from fsood.train import Resume, check_shards, train
 
+log = logging.getLogger(__name__)
 
-def run(params: dict, benchmark: str, method: str, seed: int) -> None:
+
+def run(params: dict, benchmark: str, pretrain_seed: int, method: str, seed: int) -> None:
     ctx = dist.from_environment()  # set when a launcher (torchrun) started this process
-    if method == "none":  # the pretrained model as is, with its own training curve
-        if ctx is None or ctx.is_main:
-            pre = contract.outs("pretrain", benchmark=benchmark)
-            out = contract.outs("finetune", benchmark=benchmark, method=method, seed=seed)
-            write_bytes(out["history"], pre["history"].read_bytes())
-            write_bytes(out["model"], pre["model"].read_bytes())
-        return
+    cell = {"benchmark": benchmark, "pretrain_seed": pretrain_seed, "method": method, "seed": seed}
     cfg = params["benchmarks"][benchmark]["finetune"]
     processes = cfg["processes"]
     check_shards(cfg, processes)
@@ -37,29 +36,36 @@ def run(params: dict, benchmark: str, method: str, seed: int) -> None:
         # fail before spawning if the backend cannot work on this device
         device_type = rt.device_type(params["runtime"]["device"])
         dist.resolve_backend(params["runtime"]["ddp_backend"], torch.device(device_type))
-        dist.launch(finetune, (params, benchmark, method, seed), processes)
+        dist.launch(finetune, (params, cell), processes)
         return
     ctx = ctx or dist.SINGLE
     if ctx.world_size != processes:
         raise ValueError(f"the launcher started {ctx.world_size} processes (WORLD_SIZE) but "
                          f"benchmarks.{benchmark}.finetune.processes is {processes}; set them equal")
     dist.quiet_other_ranks(ctx)
-    finetune(ctx, params, benchmark, method, seed)
+    finetune(ctx, params, cell)
 
 
-def build_objective(params: dict, benchmark: str, method: str, seed: int, model: torch.nn.Module,
-                    device: torch.device):
+def build_objective(params: dict, cell: dict, model: torch.nn.Module, device: torch.device):
     """The fine-tuning objective: the one place it is built. ``model`` is the plain module (never the
     DDP wrapper), so ``model.fc`` is the classifier every rank trains."""
+    benchmark, method = cell["benchmark"], cell["method"]
     mcfg = method_params(params, benchmark, method)  # the global values with the benchmark's overrides
+    subspace = contract.outs("subspace", benchmark=benchmark, pretrain_seed=cell["pretrain_seed"])
     if mcfg.get("weight_source") == "pretrained":
-        basis = contract.out("subspace", "basis", benchmark=benchmark)
-        frozen = torch.from_numpy(load_npz(basis)["weight"]).float().to(device)
+        frozen = torch.from_numpy(load_npz(subspace["basis"])["weight"]).float().to(device)
         weight_fn = lambda: frozen  # noqa: E731
     else:
         weight_fn = lambda: model.fc.weight  # noqa: E731
-    stage2_epoch = params["benchmarks"][benchmark]["finetune"]["stage2_epoch"]
-    return make_objective(method, mcfg, stage2_epoch, weight_fn, head_fn=lambda: model.fc, seed=seed)
+    if "margins" in mcfg:  # Energy-OE's margins: fixed, or from the pretrained model's energies (fsood.margins)
+        energies = read_json(subspace["energies"]) if mcfg["margins"] == "pretrained" else None
+        m_in, m_out = margins(mcfg, energies)
+        log.info("%s: Energy-OE margins (%s) m_in %.4f, m_out %.4f", contract.cell_name(*cell.values()),
+                 mcfg["margins"], m_in, m_out)
+        mcfg = {**mcfg, "m_in": m_in, "m_out": m_out}
+    ft = params["benchmarks"][benchmark]["finetune"]
+    return make_objective(method, mcfg, ft["stage2_epoch"], weight_fn, head_fn=lambda: model.fc, seed=cell["seed"],
+                          label_smoothing=ft["label_smoothing"])
 
 
 def id_train_subset(data, cap: int | None):
@@ -75,28 +81,23 @@ def id_train_subset(data, cap: int | None):
     return x[keep], y[keep]
 
 
-def resume_for(params: dict, benchmark: str, method: str, seed: int, world_size: int) -> Resume:
-    """The cell's resume file, keyed by the stage's declared params and input files and the number of ranks."""
-    return Resume.for_job("finetune", params, {"world_size": world_size}, benchmark=benchmark, method=method,
-                          seed=seed)
-
-
-def finetune(ctx: dist.Context, params: dict, benchmark: str, method: str, seed: int) -> None:
+def finetune(ctx: dist.Context, params: dict, cell: dict) -> None:
     """Train one cell on this rank (the only one when ``ctx`` is ``dist.SINGLE``)."""
+    benchmark, seed = cell["benchmark"], cell["seed"]
     bench = params["benchmarks"][benchmark]
-    pre = contract.outs("pretrain", benchmark=benchmark)
-    out = contract.outs("finetune", benchmark=benchmark, method=method, seed=seed)
+    out = contract.outs("finetune", **cell)
     device = rt.configure(params["runtime"], seed, ctx.world_size, ctx.rank, ctx.local_rank)
     backend = dist.resolve_backend(params["runtime"]["ddp_backend"], device) if ctx.distributed else None
     data = benchmark_data(benchmark)
-    model = rt.prepare_model(load_model(params, benchmark, data, pre["model"]), params["runtime"], device)
-    objective = build_objective(params, benchmark, method, seed, model, device)
+    model = load_pretrained(params, benchmark, cell["pretrain_seed"], data, device)
+    objective = build_objective(params, cell, model, device)
     x, y = id_train_subset(data, bench["finetune"]["id_samples"])
     outliers, _ = data.load("outliers")
-    resume = resume_for(params, benchmark, method, seed, ctx.world_size)
+    # the resume file is keyed by the stage's declared params and input files and the number of ranks
+    resume = Resume.for_job("finetune", params, {"world_size": ctx.world_size}, **cell)
     with dist.process_group(ctx, backend, device):
         history = train(model, x, y, bench["finetune"], params["runtime"], device, normalization(params, benchmark, data),
-                        objective, seed, outlier_x=outliers, desc=f"finetune {benchmark} {method} seed {seed}",
+                        objective, seed, outlier_x=outliers, desc=f"finetune {contract.cell_name(*cell.values())}",
                         ctx=ctx, resume=resume)
     if ctx.is_main:
         write_history(out["history"], history)
