@@ -284,6 +284,32 @@ def test_each_origin_is_verified_against_the_same_checksum(served, tmp_path, cap
     assert listing(tmp_path / "dl2") == []
 
 
+@trust
+@pytest.mark.parametrize("name", ["lsun-fix", "tiny-imagenet-200"])
+def test_a_registry_source_falls_back_to_its_second_origin(served, tmp_path, monkeypatch, caplog, name):
+    """lsun-fix (no digest) and tiny-imagenet-200 have a second public copy: when the first origin
+    refuses, the second is tried; a source without a digest says so in every line about it."""
+    folder, base, _ = served
+    builtin = registry.builtin_sources()[name]
+    assert len(builtin.urls) == 2
+    data = tar_bytes({"a/0.png": b"x" * 100}, top=builtin.top, gz=False)  # readable, any format check passes
+    (folder / builtin.filename).write_bytes(data)
+    checksum = None if builtin.checksum is None else Checksum("md5", hashlib.md5(data).hexdigest(), "the test")
+    source = Source(builtin.name, builtin.filename, (f"{base}/drive-quota/{builtin.filename}",
+                                                     f"{base}/drive/{builtin.filename}"),
+                    "tar", builtin.top, builtin.members, checksum=checksum, note=builtin.note)
+    dl = tmp_path / "dl"
+    caplog.set_level(logging.INFO, logger="fsood")
+    assert registry.fetch(source, [], dl).read_bytes() == data
+    assert registry.fetch(source, [], dl).read_bytes() == data  # the copy in the download folder
+    about = [m for m in caplog.messages if name in m]
+    assert len(about) >= 5
+    no_digest = "(no published digest: its sha256 is recorded at first use)"
+    assert all(no_digest in m for m in about) == (builtin.checksum is None)
+    assert any(no_digest in m for m in about) == (builtin.checksum is None)
+    assert listing(dl) == sorted([builtin.filename] + ([f"{builtin.filename}.sha256"] if checksum is None else []))
+
+
 # --- parallel jobs: one downloads, the others wait for its verified copy ---------------------------
 
 def test_a_second_process_waits_for_the_first_and_uses_its_copy(served, tmp_path):

@@ -128,6 +128,10 @@ def test_registry_names_every_paper_source_with_origin_and_checksum_provenance()
     assert registry.builtin_sources()["dtd"].filename == "dtd-r1.0.1.tar.gz" and registry.builtin_sources()["dtd"].members[0] == "images"
     for name in ("imagenet-1k", "imagenet-21k-p"):
         assert not registry.builtin_sources()[name].urls and registry.builtin_sources()[name].checksum is None
+    # the ODIN sets' second origin: the same Dropbox file by the /s/raw/ route pytorch-ood uses
+    for name in ("lsun-crop", "lsun-resize", "imagenet-resize"):
+        first, second = registry.builtin_sources()[name].urls
+        assert second == first.replace("/s/", "/s/raw/").removesuffix("?dl=1")
     # the GitHub copies keep their recorded hashes
     assert registry.builtin_sources()["dtd10"].archive_sha256.startswith("4890231d")
     assert registry.builtin_sources()["dtd10"].tree_sha256.startswith("727f453c")
