@@ -27,6 +27,11 @@ KINDS: dict[str, tuple[str, str, str]] = {
         'a cut transfer resumes by a range request (`transfer ended after N of M bytes; retrying in S s (attempt k of n)`), within a run and in the next one; 429 / 5xx retried with doubling waits, `Retry-After` honoured; then `<url>: refused: <host> answered HTTP <status> with a web page ...` or `... gave up after n attempts`, and what to do; Drive\'s confirmation page followed, its quota page quoted; the next origin tried, each verified against the same checksum',
         'no file under its own name until it is verified; after a cut, `<file>.part` and `<file>.part.json`, which the next run resumes',
     ),
+    'dataset_folders': (
+        'An ImageNet-21K-P folder in the release layout, one level too high, or without ImageNet-1k classes',
+        '`imagenet21k_resized` is read from its `imagenet21k_train/` (logged); a folder above it: `... but <root>/imagenet21k_resized/imagenet21k_train is the release\'s training folder: set ... to it`; no ImageNet-1k class: `none of its N class folders (...) is an ImageNet-1k class ...`',
+        'no `data/imagenet`, no temp folder',
+    ),
     'unsafe_members': (
         'Archive member with `..`, an absolute path or a link',
         'the archive and the member, and why it would escape its folder',
