@@ -13,11 +13,15 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from fileserver import DRIVE_UUID, QUOTA_TEXT, serve
 from test_downloads import fast_retry, listing, served  # noqa: F401 (fixtures)
 from test_registry import TOP, tar_bytes
@@ -328,3 +332,13 @@ def test_a_second_process_waits_for_the_first_and_uses_its_copy(served, tmp_path
     waiter.join(timeout=10)
     assert got == [dl / "fake.tar"] and not requests and listing(dl) == ["fake.tar"]
 
+def test_the_resume_benchmark_sends_each_byte_once(tmp_path):
+    """benchmarks/resume_download.py at 2 MB: its figures add up, and its copy has the published md5."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "resume_download.py"), "--size-mb", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2", "3"] and rows[-1][-3:] == ["complete,", "md5", "verified"]
+    total = re.search(r"total: (\d+) bytes sent for a (\d+)-byte file .* \(= published\)", proc.stdout)
+    assert total and total.group(1) == total.group(2) == rows[-1][3]  # sent once; the .part grew to the file
+    assert sum(int(row[2]) for row in rows) == int(total.group(1))
