@@ -25,6 +25,8 @@ Routes (GET; HEAD answers the same headers without a body):
 - ``/cuts/<o1>,<o2>,.../<path>``: like ``/<path>`` (ranges honoured), but the n-th request of
   this route closes the connection once byte ``o_n`` of the file is sent; requests after the
   last cut are served in full (a connection dropped twice, then fine);
+- ``/stall/<o1>,.../<path>``: like ``/cuts/``, but the connection stays open, silent, for
+  ``STALL_SECONDS`` before it is closed (a client can be killed mid-transfer);
 - ``/status/<code>x<n>[r<s>]/<path>``: the first ``n`` requests of this route answer HTTP
   ``code`` with a small HTML body (with ``Retry-After: <s>`` if ``r<s>`` is given), later ones
   serve the file (a host that rate-limits, then recovers);
@@ -46,12 +48,14 @@ import html
 import http.server
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["serve", "DRIVE_UUID", "QUOTA_TEXT"]
+__all__ = ["serve", "DRIVE_UUID", "QUOTA_TEXT", "STALL_SECONDS"]
 
+STALL_SECONDS = 10.0
 DRIVE_UUID = "0f1e2d3c-fsood-test"
 QUOTA_TEXT = ("Too many users have viewed or downloaded this file recently. Please try accessing the file "
               "again later. If the file you are trying to access is particularly large or is shared with many "
@@ -109,7 +113,7 @@ def _handler(root: Path, requests: list | None) -> type[http.server.BaseHTTPRequ
             if with_body:
                 self.wfile.write(body)
 
-        def _serve_file(self, path: Path, with_body: bool, cut_at: int | None = None) -> None:
+        def _serve_file(self, path: Path, with_body: bool, cut_at: int | None = None, stall: bool = False) -> None:
             body = path.read_bytes()
             stat = path.stat()
             etag = f'"{stat.st_size}-{stat.st_mtime_ns}"'
@@ -140,6 +144,8 @@ def _handler(root: Path, requests: list | None) -> type[http.server.BaseHTTPRequ
                 self.wfile.write(body[start:end])
                 self.wfile.flush()
             if cut_at is not None:
+                if stall:
+                    time.sleep(STALL_SECONDS)
                 self.close_connection = True
 
         def _answer(self, with_body: bool) -> None:
@@ -164,7 +170,7 @@ def _handler(root: Path, requests: list | None) -> type[http.server.BaseHTTPRequ
                     self._not_found()
                 return
             param, _, inner = rest.partition("/")
-            if route in ("cuts", "status"):
+            if route in ("cuts", "stall", "status"):
                 path = self._file(inner)
             else:
                 path = self._file(rest if route in ("truncate", "page", "disguised-page", "drive", "drive-quota")
@@ -173,10 +179,11 @@ def _handler(root: Path, requests: list | None) -> type[http.server.BaseHTTPRequ
             if path is None:
                 self._not_found()
                 return
-            if route == "cuts":
+            if route in ("cuts", "stall"):
                 cuts = [int(c) for c in param.split(",")]
-                n = count(f"cuts/{param}/{inner}")
-                self._serve_file(path, with_body, cut_at=cuts[n - 1] if n <= len(cuts) else None)
+                n = count(f"{route}/{param}/{inner}")
+                self._serve_file(path, with_body, cut_at=cuts[n - 1] if n <= len(cuts) else None,
+                                 stall=route == "stall")
             elif route == "status":
                 code, times, retry_after = re.fullmatch(r"(\d+)x(\d+)(?:r(\d+))?", param).groups()
                 if count(f"status/{param}/{inner}") <= int(times):

@@ -75,6 +75,11 @@ def test_a_dropped_connection_resumes_where_it_stopped(served, tmp_path, caplog)
     assert sum(r["sent"] for r in sent) == len(data)  # not a byte twice
     assert (f"fake: {url}: transfer ended after {cuts[0]} of {len(data)} bytes; retrying in 0 s (attempt 2 of 3)"
             in caplog.messages)
+    # without a terminal, the log says what the bar would: the size at the start, bytes and rate at the end
+    start = f"fake: downloading {url} ({len(data)} bytes, resuming at byte {cuts[1]}) into {dl}/fake.tar.part"
+    assert start in caplog.messages
+    assert any(re.fullmatch(rf"fake: {re.escape(url)} complete: {len(data) - cuts[1]} bytes received in [\d.]+ s "
+                            rf"\([\d.]+ MB/s\)", m) for m in caplog.messages)
 
 
 @trust
@@ -101,6 +106,32 @@ def test_a_rerun_resumes_the_part_a_stopped_run_left(served, tmp_path, monkeypat
 
 
 @trust
+def test_a_run_killed_mid_transfer_is_resumed_by_the_next(served, tmp_path):
+    """SIGKILL, as when a job is killed: the .part holds what reached the disk, and the rerun asks for the rest."""
+    folder, base, requests = served
+    data = archive()
+    (folder / "fake.tar").write_bytes(data)
+    stall = len(data) // 2
+    url, dl = f"{base}/stall/{stall}/fake.tar", tmp_path / "dl"
+    source = tar_source(data, [url])
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom fsood.datasets import registry\n"
+        "source = registry.Source('fake', 'fake.tar', (sys.argv[1],), 'tar', sys.argv[2], ('train',), "
+        "checksum=registry.Checksum('sha256', sys.argv[3], 'the test'))\n"
+        "registry.fetch(source, [], sys.argv[4])\n"), url, TOP, source.checksum.value, str(dl)])
+    part = dl / "fake.tar.part"
+    deadline = time.monotonic() + 30
+    while (not part.exists() or part.stat().st_size < stall) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.kill()
+    assert child.wait(timeout=10) == -9
+    assert part.read_bytes() == data[:stall] and not (dl / "fake.tar").exists()
+    assert registry.fetch(source, [], dl).read_bytes() == data
+    assert [r["range"] for r in requests] == [None, f"bytes={stall}-"]
+    assert sum(r["sent"] for r in requests) == len(data)
+
+
+@trust
 def test_a_file_changed_between_runs_is_fetched_whole_not_spliced(served, tmp_path, monkeypatch):
     """If-Range: the .part's validator no longer matches, so the host sends the new file whole."""
     folder, base, requests = served
@@ -109,8 +140,9 @@ def test_a_file_changed_between_runs_is_fetched_whole_not_spliced(served, tmp_pa
     (folder / "fake.tar").write_bytes(old)
     url = f"{base}/cuts/{len(old) // 2}/fake.tar"
     source, dl = tar_source(None, [url]), tmp_path / "dl"  # no digest: only the format check would catch a splice
-    with pytest.raises(DatasetError, match="transfer ended after"):
+    with pytest.raises(DatasetError, match="transfer ended after") as err:
         registry.fetch(source, [], dl)
+    assert str(err.value).startswith("fake (no published digest: its sha256 is recorded at first use): fake.tar is in")
     (folder / "fake.tar").write_bytes(new)  # a new ETag
     assert registry.fetch(source, [], dl).read_bytes() == new
     assert [r["status"] for r in requests] == [200, 200] and requests[1]["range"] == f"bytes={len(old) // 2}-"
@@ -185,6 +217,8 @@ def test_429_then_200_is_retried_and_ends_in_the_file(served, tmp_path, caplog):
 
 
 def test_waits_double_and_retry_after_is_honoured(served, tmp_path, monkeypatch):
+    default = transfer.Retry()  # what a user gets: 5 tries, 2 4 8 16 s apart, at most 60 s
+    assert default.attempts == 5 and [default.wait(k) for k in (1, 2, 3, 4, 7)] == [2, 4, 8, 16, 60]
     folder, base, _ = served
     data = archive()
     (folder / "fake.tar").write_bytes(data)
@@ -237,6 +271,12 @@ def test_a_web_page_with_status_200_is_refused_not_reported_as_a_mismatch(served
         f"{url}: refused: {host} answered HTTP 200 with a web page (\"Dropbox - Error\") of type {content_type}, not "
         f"the file: the host may be limiting downloads, or the link may have moved"))
     assert tries == 1  # a page is not retried; HostRefused is no ChecksumMismatch
+
+
+def test_an_http_error_other_than_429_or_5xx_is_final_for_its_url(served, tmp_path):
+    message, (source, dl, url, host, tries) = refused(served, tmp_path, "status/403x1/fake.tar")
+    assert message == no_copy(source, dl, f"{url}: refused: {host} answered HTTP 403 (Forbidden)")
+    assert tries == 1
 
 
 # --- 4. Google Drive: the confirmation page followed, the quota page refused with advice ---------------

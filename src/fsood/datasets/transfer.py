@@ -140,10 +140,11 @@ def _reason(err: BaseException) -> str:
     return str(getattr(err, "reason", "") or err) or type(err).__name__
 
 
-def _read(response, size: int) -> bytes:
-    """Up to ``size`` bytes of the body; a connection reset or timeout is a ``_Cut``."""
+def _read(response, size: int, at_once: bool = False) -> bytes:
+    """Up to ``size`` bytes of the body (``at_once``: what has arrived, so the disk keeps up with the
+    wire and a killed run loses nothing it received); a connection reset or timeout is a ``_Cut``."""
     try:
-        return response.read(size)
+        return response.read1(size) if at_once else response.read(size)
     except (OSError, http.client.HTTPException) as err:  # a chunked body cut: IncompleteRead
         raise _Cut(_reason(err)) from None
 
@@ -297,12 +298,12 @@ class _Download:
         began, received = time.monotonic(), 0
         with open(self.part, "ab" if start else "wb") as out, _bar(total, start, self.dest.name) as bar:
             try:
-                chunk = head or _read(response, CHUNK)
+                chunk = head or _read(response, CHUNK, at_once=True)
                 while chunk:
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-                    chunk = _read(response, CHUNK)
+                    chunk = _read(response, CHUNK, at_once=True)
             except _Cut as err:
                 raise _Cut(f"transfer ended after {start + received} of {total or '?'} bytes ({err})") from None
             finally:
