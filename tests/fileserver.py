@@ -32,6 +32,7 @@ Routes (GET; HEAD answers the same headers without a body):
   serve the file (a host that rate-limits, then recovers);
 - ``/page/<path>``: 200 with an HTML page of type text/html (a host that answers a web page
   instead of the file); ``/disguised-page/<path>``: the same page as application/octet-stream;
+  ``/mislabelled/<path>``: the file itself, labelled text/html (a misconfigured server);
 - ``/drive/<path>``: Google Drive's "Virus scan warning" page for a large file: 200 text/html
   with a ``download-form`` whose hidden fields lead to ``/drive-download?id=<path>&export=download&confirm=t&uuid=...``,
   which serves the file (ranges honoured), or the page again without ``confirm=t``;
@@ -173,8 +174,8 @@ def _handler(root: Path, requests: list | None) -> type[http.server.BaseHTTPRequ
             if route in ("cuts", "stall", "status"):
                 path = self._file(inner)
             else:
-                path = self._file(rest if route in ("truncate", "page", "disguised-page", "drive", "drive-quota")
-                                  else rel)
+                path = self._file(rest if route in ("truncate", "page", "disguised-page", "mislabelled", "drive",
+                                                    "drive-quota") else rel)
                 inner = ""
             if path is None:
                 self._not_found()
@@ -196,6 +197,8 @@ def _handler(root: Path, requests: list | None) -> type[http.server.BaseHTTPRequ
                 page = _PAGE.format(title="Dropbox - Error", body="<p>This link is temporarily disabled.</p>").encode()
                 ctype = "text/html; charset=utf-8" if route == "page" else "application/octet-stream"
                 self._reply(200, page, ctype, with_body)
+            elif route == "mislabelled":
+                self._reply(200, path.read_bytes(), "text/html", with_body)
             elif route == "drive":
                 self._reply(200, _drive_warning(rest), "text/html; charset=utf-8", with_body)
             elif route == "drive-quota":

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from fileserver import DRIVE_UUID, QUOTA_TEXT, serve
-from test_downloads import fast_retry, listing, served  # noqa: F401 (fixtures)
+from test_downloads import fast_retry, listing, make_source, payload, served  # noqa: F401 (fixtures)
 from test_registry import TOP, tar_bytes
 
 from fsood.datasets import registry, transfer
@@ -271,6 +271,16 @@ def test_a_web_page_with_status_200_is_refused_not_reported_as_a_mismatch(served
         f"{url}: refused: {host} answered HTTP 200 with a web page (\"Dropbox - Error\") of type {content_type}, not "
         f"the file: the host may be limiting downloads, or the link may have moved"))
     assert tries == 1  # a page is not retried; HostRefused is no ChecksumMismatch
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.gz", "zip", "npy", "mat", "pt"])
+def test_a_file_labelled_text_html_by_a_misconfigured_server_is_still_the_file(served, tmp_path, fmt):
+    """Only the declared type says HTML, and the first bytes are the format's own: not a page."""
+    folder, base, _ = served
+    data = payload(fmt)
+    (folder / f"fake.{fmt}").write_bytes(data)
+    source = make_source(fmt, data, urls=[f"{base}/mislabelled/fake.{fmt}"])
+    assert registry.fetch(source, [], tmp_path / "dl").read_bytes() == data
 
 
 def test_an_http_error_other_than_429_or_5xx_is_final_for_its_url(served, tmp_path):

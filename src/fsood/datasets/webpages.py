@@ -19,11 +19,20 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 _HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<meta", b"<title", b"<script")
 
 
+# first bytes of the registry's formats: gzip, zip (and torch's zip), npy, MATLAB v5, HDF5 (MATLAB v7.3)
+_BINARY_STARTS = (b"\x1f\x8b", b"PK\x03\x04", b"\x93NUMPY", b"MATLAB", b"\x89HDF")
+
+
+def _binary(head: bytes) -> bool:
+    return head.startswith(_BINARY_STARTS) or head[257:262] == b"ustar"  # a tar's magic at 257
+
+
 def looks_like_html(content_type: str, head: bytes) -> bool:
-    """A reply declared as HTML, or whose first bytes are HTML whatever its declared type."""
-    if content_type.lower() in HTML_TYPES:
+    """Bytes that are HTML, or a reply declared as HTML whose first bytes are not one of the data
+    formats (a server that labels a .tar.gz text/html is misconfigured, not refusing)."""
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(_HTML_STARTS):
         return True
-    return head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(_HTML_STARTS)
+    return content_type.lower() in HTML_TYPES and not _binary(head)
 
 
 @dataclass
