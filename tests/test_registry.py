@@ -137,6 +137,26 @@ def test_registry_names_every_paper_source_with_origin_and_checksum_provenance()
     assert registry.builtin_sources()["dtd10"].tree_sha256.startswith("727f453c")
 
 
+def test_docs_list_every_source_with_its_origins_and_digest():
+    """docs/datasets.md: a row a source, with every origin in order, and "recorded at first use"
+    exactly where no full digest is published (a folder the user provides: "none")."""
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "datasets.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2:5]
+            for line in text.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(registry.builtin_sources())
+    for name, source in registry.builtin_sources().items():
+        origins, digest, _ = rows[name]
+        positions = [origins.find(f"`{url}`") for url in source.urls]
+        assert -1 not in positions and positions == sorted(positions), name
+        c = source.checksum
+        if source.user_path is not None:
+            assert digest.strip().startswith("none: a folder you provide"), name
+        else:
+            assert ("recorded at first use" in digest) == (c is None or c.prefix), name
+
+
 def test_as_entry_round_trips_through_an_override_file():
     data = {name: registry.as_entry(s) for name, s in registry.builtin_sources().items()}
     assert registry.parse_sources(yaml.safe_load(yaml.safe_dump(data)), "x.yaml") == registry.builtin_sources()
