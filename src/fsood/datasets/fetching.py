@@ -158,7 +158,8 @@ def _from_origins(source: Source, target: Path, record: Path, label: str, mirror
     raise kind(
         f"{label}: {source.filename} is in no mirror (searched: {searched}) and could not be "
         f"downloaded: {'; '.join(map(str, errors)) or 'no urls'}. Wait and rerun (a cut download resumes), "
-        f"set {MIRROR_ENV} to a folder that holds {source.filename}, or save the file by hand (e.g. from a browser) as {target}"
+        f"set {MIRROR_ENV} to a folder that holds {source.filename}, or save the file by hand (e.g. from a "
+        f"browser) as {target}"
     )
 
 

@@ -321,8 +321,8 @@ def download(url: str, dest: str | Path, label: str = "", timeout: float = 60.0,
     """Fetch ``url`` into ``<dest>.part`` (resuming what it holds); return once it is complete.
 
     ``label`` names the source in log lines. Raises ``HostRefused`` (a web page, an HTTP error
-    other than 429 / 5xx, a long ``Retry-After``) or ``DatasetError`` (every attempt failed; the bytes so far stay in the
-    ``.part``). Callers that run in parallel hold :func:`claimed` around it.
+    other than 429 / 5xx, a long ``Retry-After``) or ``DatasetError`` (every attempt failed; the
+    bytes so far stay in the ``.part``). Callers that run in parallel hold :func:`claimed` around it.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
