@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
 import tarfile
 
@@ -83,6 +84,62 @@ def test_imagenet_val_with_other_classes_than_train_is_refused(tmp_path):
            "subset": {"id_train": None, "id_test": None, "outliers": None}}
     with pytest.raises(DatasetError, match="train/ and val/ hold different class folders"):
         imagenet.build(cfg, fetch=None)
+
+
+def _release(tmp_path):
+    """ImageNet-1k, and ImageNet-21K-P laid out as its release unpacks: imagenet21k_resized/imagenet21k_{train,val}/."""
+    root1k, root21k = paper_fakes.imagenet_folders(tmp_path, classes=2, train=1, val=1, extra_21k=2, seed=0)
+    release = tmp_path / "datasets" / "imagenet21k_resized"
+    release.mkdir(parents=True)
+    root21k.rename(release / "imagenet21k_train")
+    (release / "imagenet21k_val" / "n10000000").mkdir(parents=True)
+    return root1k, release
+
+
+def _imagenet_cfg(root1k, root21k) -> dict:
+    return {"roots": {"imagenet": str(root1k), "imagenet21k": str(root21k)}, "split_seed": 0, "resize": 36,
+            "crop": 32, "subset": {"id_train": None, "id_test": None, "outliers": None}, "ood_sets": [],
+            "hard_ood_sets": []}
+
+
+@pytest.mark.trust(kind="dataset_folders")
+def test_imagenet21k_release_folder_is_read_from_its_train_folder(tmp_path, caplog):
+    """The trap: pointed at imagenet21k_resized, its two folders were taken for classes and none was removed."""
+    root1k, release = _release(tmp_path)
+    caplog.set_level(logging.INFO, logger="fsood")
+    sets, manifest = imagenet.build(_imagenet_cfg(root1k, release), fetch=None)
+    assert manifest["sets"]["outliers"]["removed_imagenet1k_classes"] == 1
+    assert manifest["sets"]["outliers"]["classes"] == 2
+    assert sets["outliers"]["root"] == str(release / "imagenet21k_train") and len(sets["outliers"]["files"]) == 8
+    assert (f"{release} holds the imagenet21k_resized release: reading its imagenet21k_train/, as the authors do"
+            in caplog.messages)
+
+
+@pytest.mark.trust(kind="dataset_folders")
+def test_imagenet21k_root_above_the_release_is_refused_naming_the_folder(tmp_path):
+    root1k, release = _release(tmp_path)
+    above = release.parent
+    with pytest.raises(DatasetError) as err:
+        imagenet.build(_imagenet_cfg(root1k, above), fetch=None)
+    assert str(err.value) == (
+        f"{above}: no ImageNet-21K-P class folders here, but {release / 'imagenet21k_train'} is the release's "
+        f"training folder: set benchmarks.imagenet.data.roots.imagenet21k in params.yaml (or FSOOD_IMAGENET21K_ROOT) "
+        f"to it")
+
+
+@pytest.mark.trust(kind="dataset_folders")
+def test_imagenet21k_root_without_any_imagenet1k_class_is_refused(tmp_path):
+    root1k, release = _release(tmp_path)
+    other = tmp_path / "other"
+    for wnid in ("n30000000", "n30000001", "n30000002", "n30000003"):
+        (other / wnid).mkdir(parents=True)
+    with pytest.raises(DatasetError) as err:
+        imagenet.build(_imagenet_cfg(root1k, other), fetch=None)
+    assert str(err.value) == (
+        f"{other}: none of its 4 class folders (n30000000, n30000001, n30000002, ...) is an ImageNet-1k class, so no "
+        f"ImageNet-1k class would be removed from the outliers. Set benchmarks.imagenet.data.roots.imagenet21k in "
+        f"params.yaml (or FSOOD_IMAGENET21K_ROOT) to the folder of ImageNet-21K-P's <wnid>/ class folders: "
+        f"imagenet21k_resized/imagenet21k_train in the release")
 
 
 @pytest.mark.trust(kind="undecodable_images")

@@ -128,9 +128,33 @@ def test_registry_names_every_paper_source_with_origin_and_checksum_provenance()
     assert registry.builtin_sources()["dtd"].filename == "dtd-r1.0.1.tar.gz" and registry.builtin_sources()["dtd"].members[0] == "images"
     for name in ("imagenet-1k", "imagenet-21k-p"):
         assert not registry.builtin_sources()[name].urls and registry.builtin_sources()[name].checksum is None
+    # the ODIN sets' second origin: the same Dropbox file by the /s/raw/ route pytorch-ood uses
+    for name in ("lsun-crop", "lsun-resize", "imagenet-resize"):
+        first, second = registry.builtin_sources()[name].urls
+        assert second == first.replace("/s/", "/s/raw/").removesuffix("?dl=1")
     # the GitHub copies keep their recorded hashes
     assert registry.builtin_sources()["dtd10"].archive_sha256.startswith("4890231d")
     assert registry.builtin_sources()["dtd10"].tree_sha256.startswith("727f453c")
+
+
+def test_docs_list_every_source_with_its_origins_and_digest():
+    """docs/datasets.md: a row a source, with every origin in order, and "recorded at first use"
+    exactly where no full digest is published (a folder the user provides: "none")."""
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "datasets.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2:5]
+            for line in text.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(registry.builtin_sources())
+    for name, source in registry.builtin_sources().items():
+        origins, digest, _ = rows[name]
+        positions = [origins.find(f"`{url}`") for url in source.urls]
+        assert -1 not in positions and positions == sorted(positions), name
+        c = source.checksum
+        if source.user_path is not None:
+            assert digest.strip().startswith("none: a folder you provide"), name
+        else:
+            assert ("recorded at first use" in digest) == (c is None or c.prefix), name
 
 
 def test_as_entry_round_trips_through_an_override_file():

@@ -20,7 +20,17 @@ KINDS: dict[str, tuple[str, str, str]] = {
     'archives': (
         'Corrupt, truncated or mis-hashed archive or file',
         'the file, the URL and byte counts of a cut transfer, or the expected and actual sha256 / md5; "not a readable tar.gz archive", a failed CRC',
-        'no download, no extracted folder; a bad mirror copy is an error, never a silent fallback',
+        'no file under its own name, no extracted folder (a cut transfer keeps only `<file>.part` for the next run to resume); a bad mirror copy is an error, never a silent fallback',
+    ),
+    'unreliable_origins': (
+        'An origin that drops the connection, answers 429 / 5xx, or sends a web page (Dropbox, Google Drive)',
+        'a cut transfer resumes by a range request (`transfer ended after N of M bytes; retrying in S s (attempt k of n)`), within a run and in the next one; 429 / 5xx retried with doubling waits, `Retry-After` honoured; then `<url>: refused: <host> answered HTTP <status> with a web page ...` or `... gave up after n attempts`, and what to do; Drive\'s confirmation page followed, its quota page quoted; the next origin tried, each verified against the same checksum',
+        'no file under its own name until it is verified; after a cut, `<file>.part` and `<file>.part.json`, which the next run resumes',
+    ),
+    'dataset_folders': (
+        'An ImageNet-21K-P folder in the release layout, one level too high, or without ImageNet-1k classes',
+        '`imagenet21k_resized` is read from its `imagenet21k_train/` (logged); a folder above it: `... but <root>/imagenet21k_resized/imagenet21k_train is the release\'s training folder: set ... to it`; no ImageNet-1k class: `none of its N class folders (...) is an ImageNet-1k class ...`',
+        'no `data/imagenet`, no temp folder',
     ),
     'unsafe_members': (
         'Archive member with `..`, an absolute path or a link',

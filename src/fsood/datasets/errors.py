@@ -12,3 +12,8 @@ class ChecksumMismatch(DatasetError):
 
 class UnsafeArchive(DatasetError):
     """An archive member that would escape its folder or is not a plain file or folder."""
+
+
+class HostRefused(DatasetError):
+    """An origin that answered with something other than the file (a web page, an HTTP error) or
+    asked for a longer wait than fsood makes: retrying at once will not help, another origin may."""

@@ -1,24 +1,22 @@
-"""Finding and fetching a source's file: mirrors, the download folder, the origin; safe extraction.
+"""Finding and fetching a source's file: mirrors, the download folder, the origins; safe extraction.
 
-Lookup order and download rules are in fsood.datasets.registry's docstring.
+Lookup order and download rules are in fsood.datasets.registry's docstring; one URL's transfer
+(resume, retries, web pages) in fsood.datasets.transfer.
 """
 from __future__ import annotations
 
-import http.client
 import logging
 import os
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 from fsood.io import atomic_path, write_text
 
-from .errors import ChecksumMismatch, DatasetError
+from .errors import ChecksumMismatch, DatasetError, HostRefused
 from .readers import iter_members
 from .sources import MIRROR_ENV, Source
-from .verify import CHUNK, check_copy, checked_copy, remember_verified, record_path
+from .transfer import claimed, discard, download, part_paths
+from .verify import check_copy, checked_copy, record_path, remember_verified
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +53,28 @@ def mirror_folders(configured: Sequence[str | Path] = ()) -> list[Path]:
     return folders
 
 
-def download(url: str, dest: Path, timeout: float = 60.0) -> None:
-    """Stream ``url`` (redirects followed) to ``dest`` with a progress bar; a short transfer is an error."""
-    request = urllib.request.Request(url, headers={"User-Agent": "fsood"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        received = 0
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", mininterval=1.0,
-                  disable=None) as bar:
-            while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except http.client.IncompleteRead as err:  # the server closed before Content-Length
-                    received += len(err.partial)
-                    break
-                if not chunk:
-                    break
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if total is not None and received != total:
-        raise DatasetError(f"{url}: transfer ended after {received} of {total} bytes")
+def described(source: Source) -> str:
+    """The source as every log line and message names it, saying so where no full digest is published."""
+    c = source.checksum
+    if c is not None and c.prefix:
+        return f"{source.name} (only a sha256 prefix is published: the full sha256 is recorded at first use)"
+    if c is None and source.tree_sha256 is None:
+        return f"{source.name} (no published digest: its sha256 is recorded at first use)"
+    return source.name
 
 
-def _write_record(record: Path, sha256: str, filename: str) -> None:
+def _write_record(record: Path, sha256: str, filename: str, label: str) -> None:
     write_text(record, f"{sha256}  {filename}\n")
-    log.info("%s: no full published checksum; sha256 %s recorded at first use in %s", filename, sha256, record)
+    log.info("%s: sha256 %s of %s recorded at first use in %s", label, sha256, filename, record)
+
+
+def _checked(source: Source, path: Path, record: Path, label: str, what: str) -> Path:
+    """``path`` verified (its sha256 recorded where this is its first use), or raise."""
+    how, sha256, first_use = checked_copy(source, path, record)
+    if first_use:
+        _write_record(record, sha256, source.filename, label)  # beside the downloads: mirrors stay read-only
+    log.info("%s: %s %s verified (%s)", label, what, path, how)
+    return path
 
 
 def _user_copy(source: Source, user_paths: Mapping[str, str | Path] | None, record: Path) -> Path:
@@ -100,10 +94,7 @@ def _user_copy(source: Source, user_paths: Mapping[str, str | Path] | None, reco
     if source.format != "folder":
         if not path.is_file():
             raise DatasetError(f"{source.name}: {where} is not a file")
-        _, sha256, first_use = checked_copy(source, path, record)
-        if first_use:
-            _write_record(record, sha256, source.filename)
-        return path
+        return _checked(source, path, record, described(source), "user copy")
     if not path.is_dir():
         raise DatasetError(f"{source.name}: {where} is not a folder")
     missing = [m for m in source.members if m != "." and not (path / m).exists()]
@@ -118,50 +109,72 @@ def fetch(
     download_dir: str | Path = "data/downloads",
     user_paths: Mapping[str, str | Path] | None = None,
 ) -> Path:
-    """A verified local copy of ``source``: from a mirror (read in place), the download folder, or the origin.
+    """A verified local copy of ``source``: from a mirror (read in place), the download folder, or an origin.
 
     ``user_paths`` ({source name: path}, e.g. from params.yaml) names the user's copy of a
     source that may not be downloaded; its environment variable is the fallback.
     """
+    label = described(source)
     record = record_path(source, download_dir)
     if source.user_path is not None:
         return _user_copy(source, user_paths, record)
     for folder in mirror_folders(mirrors):
-        candidate = folder / source.filename
-        if candidate.is_file():
-            how, sha256, first_use = checked_copy(source, candidate, record)  # a bad copy is an error, no fallback
-            if first_use:
-                _write_record(record, sha256, source.filename)  # beside the downloads: mirrors stay read-only
-            log.info("%s: mirror copy %s verified (%s)", source.name, candidate, how)
-            return candidate
+        if (folder / source.filename).is_file():  # a bad copy is an error, no fallback
+            return _checked(source, folder / source.filename, record, label, "mirror copy")
     target = Path(download_dir) / source.filename
     if target.is_file():
-        how, sha256, first_use = checked_copy(source, target, record)
-        if first_use:
-            _write_record(record, sha256, source.filename)
-        log.info("%s: downloaded copy %s verified (%s)", source.name, target, how)
-        return target
-    errors = []
+        return _checked(source, target, record, label, "downloaded copy")
+    with claimed(target):
+        if target.is_file():  # another process fetched it while this one waited
+            return _checked(source, target, record, label, "downloaded copy")
+        return _from_origins(source, target, record, label, mirrors)
+
+
+def _from_origins(source: Source, target: Path, record: Path, label: str, mirrors: Sequence[str | Path]) -> Path:
+    """Each origin in turn, each copy verified against the same checksum (or first-use record)."""
+    errors: list[DatasetError] = []
     for url in source.urls:
         try:
-            with atomic_path(target) as tmp:  # a failed transfer or check leaves nothing behind
-                download(url, tmp)
-                try:
-                    how, sha256, first_use = check_copy(source, tmp, record)
-                except DatasetError as err:  # name the file it was to become, not the temporary one
-                    raise type(err)(f"{url}: refused: {str(err).replace(str(tmp), str(target))}") from err
-        except ChecksumMismatch:
-            raise
-        except (OSError, http.client.HTTPException, DatasetError) as err:  # URLError, HTTPError: OSErrors
-            errors.append(str(err) if str(err).startswith(url) else f"{url}: {err}")
+            how, sha256, first_use = _download_checked(source, url, target, record, label)
+        except DatasetError as err:
+            errors.append(err)
+            if url != source.urls[-1]:
+                log.warning("%s: %s; trying the next origin", label, err)
             continue
+        os.replace(part_paths(target)[0], target)
+        part_paths(target)[1].unlink(missing_ok=True)
         remember_verified(target, sha256)
         if first_use:
-            _write_record(record, sha256, source.filename)
-        log.info("%s: downloaded from %s, verified (%s)", source.name, url, how)
+            _write_record(record, sha256, source.filename, label)
+        log.info("%s: downloaded from %s, verified (%s)", label, url, how)
         return target
     searched = ", ".join(str(f) for f in mirror_folders(mirrors)) or "none"
-    raise DatasetError(
-        f"{source.name}: {source.filename} is in no mirror (searched: {searched}) and could not be "
-        f"downloaded: {'; '.join(errors) or 'no urls'}. Set {MIRROR_ENV} to a folder that holds it."
+    if any(isinstance(e, ChecksumMismatch) for e in errors):
+        kind = ChecksumMismatch  # some origin served a wrong copy
+    elif errors and all(isinstance(e, HostRefused) for e in errors):
+        kind = HostRefused  # every host answered, none with the file
+    else:
+        kind = DatasetError
+    raise kind(
+        f"{label}: {source.filename} is in no mirror (searched: {searched}) and could not be "
+        f"downloaded: {'; '.join(map(str, errors)) or 'no urls'}. Wait and rerun (a cut download resumes), "
+        f"set {MIRROR_ENV} to a folder that holds {source.filename}, or save the file by hand (e.g. from a "
+        f"browser) as {target}"
     )
+
+
+def _download_checked(source: Source, url: str, target: Path, record: Path, label: str) -> tuple[str, str, bool]:
+    """Download ``url`` into the ``.part`` and verify it whole; a resumed copy that fails is fetched once more
+    from byte 0 (its parts may come from two versions of the file, or from two origins)."""
+    part = part_paths(target)[0]
+    for again in (False, True):
+        transfer = download(url, target, label=label)
+        try:
+            return check_copy(source, part, record)
+        except DatasetError as err:  # name the file it was to become, not the .part
+            discard(target)
+            if again or not transfer.resumed:
+                raise type(err)(f"{url}: refused: {str(err).replace(str(part), str(target))}") from err
+            log.warning("%s: the copy from %s, put together from %d pieces, fails its check (%s); "
+                        "downloading it whole once more", label, url, transfer.pieces, err)
+    raise AssertionError("not reached: the second pass returns or raises")

@@ -8,10 +8,13 @@ a YAML file of the same shape whose entries replace or add sources by name (inst
 mirrors with other URLs; tests that serve fabricated copies on 127.0.0.1).
 
 Lookup order for a source's file: every mirror folder (``$FSOOD_MIRROR``, then
-``datasets.mirrors`` in params.yaml), then the download folder, then the public origin.
-A mirror is read in place and never written to. Downloads stream to a temporary file
-(tqdm progress bar), are verified, and only then renamed into place. Sources that may not
-be redistributed (ImageNet) have no URL: the user points ``$<env>`` or a params key at them.
+``datasets.mirrors`` in params.yaml), then the download folder, then the public origins in
+the order the registry lists them. A mirror is read in place and never written to. A download
+goes to ``<download_dir>/<file>.part`` (resumed by range requests across attempts and runs,
+retried on connection errors, 429 and 5xx, a web page refused: fsood.datasets.transfer), is
+verified whole, and only then renamed into place; a copy that fails its check is deleted and
+the next origin tried. Sources that may not be redistributed (ImageNet) have no URL: the user
+points ``$<env>`` or a params key at them.
 
 Verification, in order:
 
@@ -31,8 +34,8 @@ from __future__ import annotations
 
 from fsood.io import file_sha256
 
-from .errors import ChecksumMismatch, DatasetError, UnsafeArchive
-from .fetching import download, extract, fetch, mirror_folders
+from .errors import ChecksumMismatch, DatasetError, HostRefused, UnsafeArchive
+from .fetching import described, extract, fetch, mirror_folders
 from .readers import check_readable, iter_members, load_checkpoint, load_mat, load_npy
 from .sources import (
     MIRROR_ENV,
@@ -47,6 +50,7 @@ from .sources import (
     parse_sources,
     sources,
 )
+from .transfer import Retry, download, part_paths
 from .verify import file_digests, record_path, recorded_sha256, tree_sha256, verify
 
 __all__ = [
@@ -54,11 +58,14 @@ __all__ = [
     "Checksum",
     "ChecksumMismatch",
     "DatasetError",
+    "HostRefused",
+    "Retry",
     "Source",
     "UnsafeArchive",
     "UserPath",
     "as_entry",
     "check_readable",
+    "described",
     "download",
     "extract",
     "fetch",
@@ -72,6 +79,7 @@ __all__ = [
     "load_sources",
     "mirror_folders",
     "parse_sources",
+    "part_paths",
     "record_path",
     "recorded_sha256",
     "sources",
