@@ -99,7 +99,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     ),
     'rebuild_cell': (
         'Rebuild one named cell and compare',
-        '`fsood rebuild --benchmark B --method M --seed S` prints `file  recorded  rebuilt  match` per output; exit 0 if all match, 1 naming a tampered or differing file (or a missing `provenance.json`), 2 naming the params keys changed since the record',
+        '`fsood rebuild --benchmark B --pretrain-seed K --method M [--seed S]` prints `file  recorded  rebuilt  match` per output; exit 0 if all match, 1 naming a tampered or differing file (or a missing `provenance.json`), 2 naming the params keys changed since the record',
         'the recorded outputs are never written; the rebuild runs in a temporary copy',
     ),
 }
