@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from fsood import contract, dvcyaml
+from fsood import closure, contract, dag, dvcyaml
 
 
 def test_committed_dvc_yaml_is_what_the_command_writes():
@@ -51,11 +51,11 @@ def test_cli_subcommand_takes_exactly_the_stages_wildcards(name):
 
 
 def test_overlaps_matches_keys_above_below_and_through_wildcards():
-    assert contract.overlaps("benchmarks.{benchmark}.data", "benchmarks.digits.data.normalize.mean")
-    assert contract.overlaps("benchmarks.{benchmark}.data.normalize", "benchmarks.digits.data")  # an edit above
-    assert not contract.overlaps("benchmarks.{benchmark}.data.normalize", "benchmarks.digits.data.n_ood")
-    assert not contract.overlaps("methods.{method}", "score.tpr")
-    assert contract.overlaps("runtime", "runtime.threads")
+    assert dag.overlaps("benchmarks.{benchmark}.data", "benchmarks.digits.data.normalize.mean")
+    assert dag.overlaps("benchmarks.{benchmark}.data.normalize", "benchmarks.digits.data")  # an edit above
+    assert not dag.overlaps("benchmarks.{benchmark}.data.normalize", "benchmarks.digits.data.n_ood")
+    assert not dag.overlaps("methods.{method}", "score.tpr")
+    assert dag.overlaps("runtime", "runtime.threads")
 
 
 def test_direct_dependents_of_the_two_reported_edits():
@@ -63,22 +63,23 @@ def test_direct_dependents_of_the_two_reported_edits():
     seeds = params["grid"]["seeds"]
     # pretrain.lr: pretraining, one job a pretrained model (the rest follows through its model), and the pretrained
     # model's own cell, whose provenance records the pretraining params
-    assert contract.direct_dependents(params, "benchmarks.digits.pretrain.lr") == {"pretrain@digits-0",
-                                                                                   "score_pretrained@digits-0"}
+    models = params["grid"]["pretrain_seeds"]
+    assert dag.direct_dependents(params, "benchmarks.digits.pretrain.lr") == {
+        f"{stage}@digits-{k}" for stage in ("pretrain", "score_pretrained") for k in models}
     # data.normalize: every stage that feeds images to a model declares it, not only the data stage
-    hit = contract.direct_dependents(params, "benchmarks.digits.data.normalize")
+    hit = dag.direct_dependents(params, "benchmarks.digits.data.normalize")
     assert {"data@digits", "pretrain@digits-0", "subspace@digits-0", "score_pretrained@digits-0",
             "finetune@digits-0-sep-0", "score@digits-0-sep-0"} <= hit
     assert not any(h.startswith(("report@", "verdict@")) for h in hit)
     # one method's value: that method's cells only
-    assert contract.direct_dependents(params, "methods.sep.beta") == {
-        f"{stage}@digits-0-sep-{s}" for stage in ("finetune", "score") for s in seeds}
+    assert dag.direct_dependents(params, "methods.sep.beta") == {
+        f"{stage}@digits-{k}-sep-{s}" for stage in ("finetune", "score") for k in models for s in seeds}
     # the verdict's settings: the verdict and the report that prints it (through verdict.json)
-    assert contract.direct_dependents(params, "verdict.margin") == {"verdict@digits"}
+    assert dag.direct_dependents(params, "verdict.margin") == {"verdict@digits"}
 
 
 def test_import_closure_follows_function_level_imports_and_leaves_out_the_harness():
-    assert "datasets/registry.py" in contract.import_closure(("fsood.stages.pretrain",))  # inside a function
+    assert "datasets/registry.py" in closure.import_closure(("fsood.stages.pretrain",))  # inside a function
     pretrain = contract.stage("pretrain").code_files()
     assert "datasets/" in pretrain and contract.stage("pretrain").runs("datasets/registry.py")  # one folder
     assert "stages/pretrain.py" in pretrain and "__init__.py" in pretrain
@@ -95,32 +96,32 @@ def test_code_hash_changes_with_a_files_content(tmp_path, monkeypatch):
     (pkg / "stages/__init__.py").write_text("")
     (pkg / "stages/x.py").write_text("def run():\n    from fsood import helper\n")
     (pkg / "helper.py").write_text("A = 1\n")
-    monkeypatch.setattr(contract, "SRC", pkg)
-    contract.import_closure.cache_clear()
-    contract._code_hash.cache_clear()
+    monkeypatch.setattr(closure, "SRC", pkg)
+    closure.import_closure.cache_clear()
+    closure.code_hash.cache_clear()
     try:
         s = contract.Stage("x", "", ("benchmark",), "out/{benchmark}", {"o": contract.Output("o")},
                            entry=("fsood.stages.x",))
         assert s.code_files() == ["__init__.py", "helper.py", "stages/__init__.py", "stages/x.py"]
         before = s.code_hash()
         (pkg / "helper.py").write_text("A = 2\n")
-        contract._code_hash.cache_clear()
+        closure.code_hash.cache_clear()
         after = s.code_hash()
         assert [f for f in before if before[f] != after[f]] == ["helper.py"]
         (pkg / "datasets").mkdir()  # a whole package: one entry, whose hash follows any file in it
         (pkg / "datasets/__init__.py").write_text("")
         (pkg / "datasets/a.py").write_text("B = 1\n")
         (pkg / "helper.py").write_text("from fsood.datasets import a\n")
-        contract.import_closure.cache_clear()
-        contract._code_hash.cache_clear()
+        closure.import_closure.cache_clear()
+        closure.code_hash.cache_clear()
         assert s.code_files() == ["__init__.py", "datasets/", "helper.py", "stages/__init__.py", "stages/x.py"]
         before = s.code_hash()
         (pkg / "datasets/list.txt").write_text("x\n")
-        contract._code_hash.cache_clear()
+        closure.code_hash.cache_clear()
         assert s.code_hash()["datasets/"] != before["datasets/"]
     finally:
-        contract.import_closure.cache_clear()
-        contract._code_hash.cache_clear()
+        closure.import_closure.cache_clear()
+        closure.code_hash.cache_clear()
 
 
 def test_no_other_module_names_a_stages_files():

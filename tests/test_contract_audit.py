@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY, edit_params, make_workspace
-from fsood import contract
+from fsood import closure, contract
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_no_stage_imports_a_module_or_opens_a_file_it_does_not_declare(audited, 
     for (name, job), rec in audited.items():
         if name != stage:
             continue
-        files = [contract._module_file(m) for m in rec["modules"] if m not in contract.HARNESS]
+        files = [closure._module_file(m) for m in rec["modules"] if m not in closure.HARNESS]
         undeclared = sorted(f for f in files if f is not None and not s.runs(f))
         assert not undeclared, f"{job} imports {undeclared}, not in its declared code"
         assert "stages/" + stage + ".py" in files  # the audit saw the stage run

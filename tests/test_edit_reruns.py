@@ -20,7 +20,7 @@ import yaml
 
 from conftest import apply_changes
 from upstream import copy_recorded, sh as run
-from fsood import contract
+from fsood import contract, dag
 
 pytestmark = pytest.mark.slow
 
@@ -102,10 +102,10 @@ def _check(ws, params, expected_direct: set[str]):
     stale = dvc_stale(ws)
     # Snakemake names a job's own reason only where no upstream job reruns ("Input files updated by another
     # job" masks the rest); DVC lists every stage whose declared params or deps changed.
-    roots = {j for j in expected_direct if not any(j in contract.downstream(params, {k}) for k in expected_direct - {j})}
+    roots = {j for j in expected_direct if not any(j in dag.downstream(params, {k}) for k in expected_direct - {j})}
     assert own == roots, f"Snakemake reruns {sorted(own)}, the contract says {sorted(roots)}"
     assert stale == expected_direct, f"dvc status lists {sorted(stale)}, the contract says {sorted(expected_direct)}"
-    assert planned == contract.downstream(params, expected_direct)
+    assert planned == dag.downstream(params, expected_direct)
 
 
 @pytest.mark.parametrize("key", list(PARAM_EDITS))
@@ -115,11 +115,11 @@ def test_a_params_edit_reruns_exactly_its_declared_dependents(recorded, key):
     edited = apply_changes(yaml.safe_load(original), **{key: PARAM_EDITS[key]})
     try:
         (ws / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
-        expected = contract.direct_dependents(edited, key)
+        expected = dag.direct_dependents(edited, key)
         if key == "benchmarks.digits.pretrain.lr":  # and the pretrained model's cell, whose provenance records it
             assert expected == {"pretrain@digits-0", "score_pretrained@digits-0"}
             assert {f"finetune@digits-0-{m}-{s}" for m in params["grid"]["methods"] for s in params["grid"]["seeds"]} \
-                <= contract.downstream(edited, expected)
+                <= dag.downstream(edited, expected)
         if key.endswith("normalize.mean"):
             assert {"pretrain@digits-0", "subspace@digits-0", "finetune@digits-0-sep-0"} <= expected
         if key == "verdict.margin":
@@ -138,7 +138,7 @@ def test_a_code_edit_reruns_exactly_the_stages_that_run_it(recorded, file):
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\n# edited\n")
-        expected = contract.direct_dependents(params, file, kind="code")
+        expected = dag.direct_dependents(params, file, kind="code")
         assert expected, f"no stage runs {file}?"
         _check(ws, params, expected)
     finally:
@@ -171,7 +171,7 @@ def test_an_input_with_other_content_reruns_what_reads_it(recorded):
         readers = {"subspace@digits-0", "score_pretrained@digits-0",
                    *(f"finetune@digits-0-{m}-0" for m in params["grid"]["methods"])}
         assert own == {"subspace@digits-0"}  # the others read the model too, but also the subspace's outputs: masked
-        assert planned == contract.downstream(params, readers)
+        assert planned == dag.downstream(params, readers)
         assert readers <= dvc_stale(ws)
     finally:
         model.write_bytes(original)

@@ -16,14 +16,11 @@ module or a package file it does not declare.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent  # src/fsood
+from fsood.closure import WHOLE_PACKAGES, code_hash, import_closure
 LOG = "logs/{stage}/{name}.log"  # outside every DVC-tracked folder: a stray file would change an output's hash
 # wildcard -> grid.<key>: a cell is benchmark x pretrained model (its pretraining seed) x method x fine-tuning seed
 GRID_KEYS = {"benchmark": "benchmarks", "pretrain_seed": "pretrain_seeds", "method": "methods", "seed": "seeds"}
@@ -150,17 +147,9 @@ class Stage:
 
     def code_hash(self) -> dict[str, str]:
         """``{file: sha256[:16]}`` of the stage's code: an edit of one of them reruns the stage."""
-        return _code_hash(tuple(self.code_files()))
+        return code_hash(tuple(self.code_files()))
 
 
-# Packages whose modules import one another so tightly (``datasets/__init__`` imports every builder) that a
-# stage entering one runs it all: a stage depends on the folder, one DVC dep in place of a dozen (every
-# dep costs `dvc status` time on each of the grid's stages, benchmarks/dag_time.py).
-WHOLE_PACKAGES = ("datasets",)
-# The harness every stage runs through; none of it computes an output (argument parsing, logging,
-# the workspace lock, this contract), so an edit of it reruns nothing. What it reads, params.yaml and
-# the files named here, is declared stage by stage.
-HARNESS = ("fsood.__main__", "fsood.cli", "fsood.lock", "fsood.contract", "fsood.rebuild")
 NORMALIZE = "benchmarks.{benchmark}.data.normalize"
 MODEL = "benchmarks.{benchmark}.model"
 DATA = Input("data", "data")
@@ -344,13 +333,6 @@ def lookup(params: dict, dotted: str, default=None):
     return node
 
 
-def overlaps(template: str, key: str) -> bool:
-    """Does a declared key (a template like ``benchmarks.{benchmark}.data``, or a concrete key) overlap an
-    edited key: is one of them the other, or below it? ``{...}`` parts match any name."""
-    t, k = template.split("."), key.split(".")
-    return all(a == b or a.startswith("{") for a, b in zip(t, k))
-
-
 # ---------------------------------------------------------------------------- inputs and jobs
 
 def cells_of(stage_: Stage, params: dict) -> list[dict]:
@@ -380,115 +362,3 @@ def job_name(stage_: Stage, **wildcards) -> str:
 def jobs(params: dict) -> list[tuple[Stage, dict]]:
     """Every job of the grid: (stage, wildcards), in stage order."""
     return [(s, cell) for s in STAGES.values() for cell in cells_of(s, params)]
-
-
-def direct_dependents(params: dict, edited: str, kind: str = "param") -> set[str]:
-    """Jobs (``stage@cell``) that declare ``edited`` themselves: a dotted params key (``kind='param'``)
-    or a file relative to src/fsood (``kind='code'``). What reruns after the edit is these and,
-    through their outputs, everything downstream of them."""
-    hit = set()
-    for s, cell in jobs(params):
-        if kind == "param":
-            found = any(overlaps(key, edited) for key in s.param_keys(**cell))
-        else:
-            found = s.runs(edited)
-        if found:
-            hit.add(job_name(s, **cell))
-    return hit
-
-
-def downstream(params: dict, names: set[str]) -> set[str]:
-    """``names`` and every job that reads, directly or not, an output of one of them."""
-    producers = {}
-    for s, cell in jobs(params):
-        for key in s.outputs:
-            producers[s.template(key).format(**cell)] = job_name(s, **cell)
-    closure, changed = set(names), True
-    while changed:
-        changed = False
-        for s, cell in jobs(params):
-            name = job_name(s, **cell)
-            if name in closure:
-                continue
-            ins = [p for paths_ in input_paths(s, params, **cell).values() for p in paths_]
-            if any(producers.get(p) in closure for p in ins):
-                closure.add(name)
-                changed = True
-    return closure
-
-
-# ---------------------------------------------------------------------------- code
-
-_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([.\w]+)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]+)|import[ \t]+([^\n#]+))",
-                     re.MULTILINE)
-
-
-def _module_file(module: str) -> str | None:
-    """``fsood.a.b`` -> ``a/b.py`` or ``a/b/__init__.py`` (relative to src/fsood), None if not fsood's."""
-    parts = module.split(".")
-    if parts[0] != "fsood":
-        return None
-    rel = Path(*parts[1:]) if len(parts) > 1 else Path()
-    for cand in (rel.with_suffix(".py") if parts[1:] else None, rel / "__init__.py"):
-        if cand is not None and (SRC / cand).is_file():
-            return cand.as_posix()
-    return None
-
-
-def _imports(rel: str) -> set[str]:
-    """fsood modules imported anywhere in one file (module level or inside functions)."""
-    package = ("fsood." + rel[:-3].replace("/", ".")).removesuffix(".__init__")
-    if not rel.endswith("__init__.py"):
-        package = package.rsplit(".", 1)[0]
-    found = set()
-    for base, names, plain in _IMPORT.findall((SRC / rel).read_text()):
-        if plain:
-            found.update(n.split(" as ")[0].strip() for n in plain.split(","))
-            continue
-        if base.startswith("."):
-            up = len(base) - len(base.lstrip("."))
-            base = ".".join(package.split(".")[: len(package.split(".")) - up + 1] + [base.lstrip(".")]).rstrip(".")
-        found.add(base)
-        for name in names.strip("()").replace("\n", " ").split(","):
-            name = name.split(" as ")[0].strip()
-            if name:
-                found.add(f"{base}.{name}")
-    return {m for m in found if m.startswith("fsood")}
-
-
-def _with_parents(module: str) -> list[str]:
-    parts = module.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-@functools.lru_cache(maxsize=None)
-def import_closure(entry: tuple[str, ...]) -> tuple[str, ...]:
-    """Source files (relative to src/fsood) of ``entry`` and every fsood module they import, directly or
-    not, at module level or inside a function, with the packages' ``__init__`` files (importing
-    ``fsood.a.b`` runs ``fsood/__init__.py`` and ``fsood/a/__init__.py``). The harness is left out."""
-    todo, seen = list(entry), set()
-    while todo:
-        module = todo.pop()
-        for m in _with_parents(module):
-            if m in seen or m in HARNESS:
-                continue
-            seen.add(m)
-            rel = _module_file(m)
-            if rel is not None:
-                todo.extend(_imports(rel))
-    return tuple(sorted(f for m in seen if (f := _module_file(m)) is not None))
-
-
-@functools.lru_cache(maxsize=None)
-def _code_hash(names: tuple[str, ...]) -> dict[str, str]:
-    """``{file or folder/: sha256[:16]}``, once a process per stage (a dry run of the paper grid asks 169
-    times). A folder hashes each of its files' paths and bytes (``__pycache__`` aside, as .dvcignore)."""
-    out = {}
-    for name in names:
-        files = [SRC / name] if not name.endswith("/") else sorted(
-            f for f in (SRC / name).rglob("*") if f.is_file() and "__pycache__" not in f.parts)
-        digest = hashlib.sha256()
-        for f in files:
-            digest.update(f.relative_to(SRC).as_posix().encode() + b"\0" + f.read_bytes())
-        out[name] = digest.hexdigest()[:16]
-    return out

@@ -2,14 +2,17 @@
 
 An image set is either a uint8 numpy array (N, C, H, W), which moves to the training device once,
 or a lazily decoded set (ImageNet; :class:`ImageSet`) indexed on the host batch by batch, while one
-background thread prefetches the next batch (fsood.batches). Batches are index slices of a seeded
-permutation; augmentation runs on whole batches on the device (fsood.augment). With several
+background thread prefetches the next batch (fsood.batches). The run's batches are planned at its start
+from generators of their own (fsood.batches.plan_batches: one permutation an epoch, or with
+``steps_per_epoch`` short epochs of one stream over every image, and one stream of outliers); augmentation
+runs on whole batches on the device (fsood.augment). The fast recipe's pieces (lookahead, Muon, the
+whitening bias's epochs) and fine-tuning's BatchNorm settings come from fsood.recipe. With several
 processes (fsood.distributed) each rank trains on its shard of every global batch. A run given a
 :class:`Resume` (fsood.resume) saves its whole state after every epoch and, restarted after a crash
 or a SIGKILL, continues from the last saved epoch to the same bytes as a run that was never
 interrupted. Inference (``forward_pass``) is fsood.inference; the names stay importable from here.
 
-The seeded generator and every draw (permutations, crops, flips) stay on the CPU, so a seed gives
+The seeded generators and every draw (permutations, crops, flips) stay on the CPU, so a seed gives
 the same stream on any device and on every rank. Array data move to the device once (a no-op on the
 CPU): on a GPU, indexing and augmenting there spares a host-to-device copy of every batch and the
 CPU work that would otherwise starve the GPU.
