@@ -98,6 +98,7 @@ def test_slurm_profile_dry_run_fans_out_one_job_per_cell():
 
 PAPER_GRID = {
     "grid.benchmarks": ["cifar10", "cifar100", "imagenet"],
+    "grid.pretrain_seeds": [0],  # the paper benchmarks start from one published checkpoint
     "grid.methods": ["oe", "energy_oe", "dal", "sep", "oe_clu", "oe_sep", "sep_energy"],
     "grid.seeds": [0, 1, 2],
 }

@@ -289,7 +289,7 @@ def test_cli_spawns_two_workers_rank0_logs_and_writes(spawned_cell):
     log = (ws / "logs/ddp.log").read_text()
     assert "launching 2 workers" in log and "finetune done" in log
     for epoch in range(TINY["benchmarks.digits.finetune.epochs"]):  # rank 0 alone logs progress
-        assert log.count(f"seed 0 epoch {epoch}:") == 1, log
+        assert log.count(f"digits-0-sep-0 epoch {epoch}:") == 1, log
     assert "rank=0/2" in log and "rank=1/2" not in log
     assert log.index("rank=0/2") < log.index("finetune done")  # the launcher's file kept rank 0's lines
     rows = list(csv.DictReader((cell / "history.csv").open()))

@@ -36,7 +36,7 @@ PARAM_EDITS = {  # one leaf of every params section (grid aside: it changes the 
     "methods.sep.beta": 2.0,
     "methods.oe.oe_weight": 0.25,
     "score.tpr": 0.9,
-    "score.synthetic_sets": ["gaussian"],  # another headline mean: the scores, the verdict and the report
+    "score.synthetic_sets": ["gaussian", "rademacher", "blobs", "photo_china"],  # another headline mean: the scores, the verdict and the report
     "verdict.margin": 2.0,
     "report.max_points": 50,
     "runtime.eval_batch_size": 256,
@@ -117,9 +117,10 @@ def test_a_params_edit_reruns_exactly_its_declared_dependents(recorded, key):
         (ws / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
         expected = dag.direct_dependents(edited, key)
         if key == "benchmarks.digits.pretrain.lr":  # and the pretrained model's cell, whose provenance records it
-            assert expected == {"pretrain@digits-0", "score_pretrained@digits-0"}
-            assert {f"finetune@digits-0-{m}-{s}" for m in params["grid"]["methods"] for s in params["grid"]["seeds"]} \
-                <= dag.downstream(edited, expected)
+            models = params["grid"]["pretrain_seeds"]
+            assert expected == {f"{stage}@digits-{k}" for stage in ("pretrain", "score_pretrained") for k in models}
+            assert {f"finetune@digits-{k}-{m}-{s}" for k in models for m in params["grid"]["methods"]
+                    for s in params["grid"]["seeds"]} <= dag.downstream(edited, expected)
         if key.endswith("normalize.mean"):
             assert {"pretrain@digits-0", "subspace@digits-0", "finetune@digits-0-sep-0"} <= expected
         if key == "verdict.margin":

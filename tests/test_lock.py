@@ -155,9 +155,9 @@ def test_stale_lock_taken_over_with_a_warning(ws, caplog):
 SMALL = {**TINY, "grid.methods": ["sep"], "benchmarks.digits.pretrain.epochs": 1}
 
 
-def tiny_workspace(tmp_path: Path) -> Path:
+def tiny_workspace(tmp_path: Path, **changes) -> Path:
     ws = make_workspace(tmp_path / "ws")
-    edit_params(ws, **SMALL)
+    edit_params(ws, **{**SMALL, **changes})
     subprocess.run(["git", "commit", "-qam", "tiny"], cwd=ws, check=True)
     return ws
 
@@ -202,7 +202,8 @@ def test_dvc_repro_refused_while_snakemake_runs(tmp_path):
 @pytest.mark.trust(kind="concurrent_lock")
 @pytest.mark.slow
 def test_snakemake_refused_while_dvc_repro_runs(tmp_path):
-    ws = tiny_workspace(tmp_path)
+    # pretraining long enough that the repro still holds the lock when snakemake (several seconds to start) asks
+    ws = tiny_workspace(tmp_path, **{"benchmarks.digits.pretrain.epochs": 6})
     repro = subprocess.Popen(["dvc", "repro", "pretrain@digits-0"], cwd=ws, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:

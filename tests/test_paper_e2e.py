@@ -67,7 +67,7 @@ def test_cifar10_pipeline_on_fabricated_sources(tmp_path):
     files = paper_fakes.cifar_sources(fakes, "cifar10", build_model(model_cfg, 3, 10), sets + hard)
     methods = ["oe", "dal", "sep"]
     edit_params(ws, **{
-        "grid.benchmarks": ["cifar10"], "grid.methods": methods, "grid.seeds": [0],
+        "grid.benchmarks": ["cifar10"], "grid.methods": methods, "grid.pretrain_seeds": [0], "grid.seeds": [0],
         "datasets.mirrors": [],
         "benchmarks.cifar10.model": model_cfg,
         "benchmarks.cifar10.data.ood_count": 6,
@@ -113,7 +113,7 @@ def test_imagenet_pipeline_on_fabricated_sources(tmp_path):
     files = paper_fakes.imagenet_sources(fakes, classes)
     methods = ["oe", "sep"]
     edit_params(ws, **{
-        "grid.benchmarks": ["imagenet"], "grid.methods": methods, "grid.seeds": [0],
+        "grid.benchmarks": ["imagenet"], "grid.methods": methods, "grid.pretrain_seeds": [0], "grid.seeds": [0],
         "datasets.mirrors": [],
         "benchmarks.imagenet.data.ood_count": 5,
         "benchmarks.imagenet.data.resize": 36,

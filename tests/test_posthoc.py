@@ -403,9 +403,11 @@ def test_score_cache_fits_on_id_train_only():
 
 
 def test_metric_groups_from_the_manifest():
-    assert metric_groups({"ood_sets": ["a", "b"]}) == {"mean": ["a", "b"]}
-    assert metric_groups({"ood_sets": ["a"], "hard_ood_sets": []}) == {"mean": ["a"]}
-    assert metric_groups({"ood_sets": ["a"], "hard_ood_sets": ["h"]}) == {"mean": ["a"], "hard_mean": ["h"]}
+    assert metric_groups({"ood_sets": ["a", "b"]}, []) == {"mean": ["a", "b"]}
+    assert metric_groups({"ood_sets": ["a"], "hard_ood_sets": []}, []) == {"mean": ["a"]}
+    assert metric_groups({"ood_sets": ["a"], "hard_ood_sets": ["h"]}, []) == {"mean": ["a"], "hard_mean": ["h"]}
+    # the synthetic sanity sets keep their own rows but stay out of the headline mean
+    assert metric_groups({"ood_sets": ["a", "gaussian", "b"]}, ["gaussian", "blobs"]) == {"mean": ["a", "b"]}
 
 
 @pytest.mark.parametrize("changes, fragment", [

@@ -21,7 +21,7 @@ def test_the_data_workspace_accepts_the_data_stage(tmp_path, monkeypatch):
     (cmd, cwd), = calls
     assert cmd[-3:] == ["data", "--benchmark", "cifar10-mini"] and folder == cwd / "data" / "cifar10-mini"
     params = load_params(cwd / "params.yaml")
-    check_cell(params, "cifar10-mini")  # what the CLI checks first (raised here before the fix)
+    check_cell(params, benchmark="cifar10-mini")  # what the CLI checks first (raised here before the fix)
     assert params["benchmarks"]["cifar10-mini"]["data"]["id"]["count"] == {"train": None, "test": None}
 
 

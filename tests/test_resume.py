@@ -29,6 +29,7 @@ from fsood import distributed as dist
 from fsood.io import save_state_dict
 from fsood.methods import make_objective
 from fsood.models import SmallCNN
+from fsood.resume import RESUME_FORMAT
 from fsood.train import NonFiniteLoss, Resume, train
 
 CPU = torch.device("cpu")
@@ -260,7 +261,7 @@ def test_cli_ignores_a_corrupt_or_foreign_resume_file(base, tmp_path):
     assert "ignoring the resume file" in (ws / "job.log").read_text()
     assert _outputs(ws, CELL) == finetuned
     # a well-formed file of the same cell under other params (another lr) is not resumed from either
-    save_state_dict(resume, {"format": 1, "key": "0" * 64, "epoch": 4, "step": 0})
+    save_state_dict(resume, {"format": RESUME_FORMAT, "key": "0" * 64, "epoch": 4, "step": 0})
     edit_params(ws, **{"benchmarks.digits.finetune.lr": 0.02})
     assert _run(ws, "finetune", "--method", "sep").returncode == 0
     assert "made for other params" in (ws / "job.log").read_text()

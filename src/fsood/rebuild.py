@@ -99,26 +99,25 @@ def rebuild(params: dict, params_file: str, cell: dict, use_current_params: bool
 
     Raises ParamsError when the current params differ from the recorded ones (unless
     ``use_current_params``) and FileNotFoundError when the cell has no provenance record."""
-    name = contract.cell_name(*cell.values())
+    cell_id = contract.cell_name(*cell.values())
     path = record_path(cell)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no provenance record for cell {name}; "
+        raise FileNotFoundError(f"{path}: no provenance record for cell {cell_id}; "
                                 "run its score stage first (snakemake / dvc repro)")
     recorded = read_json(path)
     changed = changed_params(recorded, params, cell)
     if changed and not use_current_params:
-        raise ParamsError(f"{params_file} no longer defines cell {name} as recorded in {path}; "
+        raise ParamsError(f"{params_file} no longer defines cell {cell_id} as recorded in {path}; "
                           f"differing keys: {', '.join(changed)}. Restore them, or pass --use-current-params "
                           "to rebuild with the current values")
     if changed:
         print(f"rebuilding with the current params; differing from the record: {', '.join(changed)}", file=out)
-    current_inputs = {name: provenance.sha256_file(name) if Path(name).is_file() else None
-                      for name in recorded["inputs"]}
-    for name, row_ok in ((row[0], row[3]) for row in compare(recorded["inputs"], current_inputs)):
+    current_inputs = {file: provenance.sha256_file(file) if Path(file).is_file() else None for file in recorded["inputs"]}
+    for file, row_ok in ((row[0], row[3]) for row in compare(recorded["inputs"], current_inputs)):
         if not row_ok:
-            print(f"warning: input {name} is not the recorded one; the outputs cannot be expected to match",
+            print(f"warning: input {file} is not the recorded one; the outputs cannot be expected to match",
                   file=out)
-    workspace = Path(tempfile.mkdtemp(prefix=f"fsood-rebuild-{name}-"))
+    workspace = Path(tempfile.mkdtemp(prefix=f"fsood-rebuild-{cell_id}-"))
     try:
         share_inputs(workspace, params, cell)
         shutil.copyfile(params_file, workspace / "params.yaml")
@@ -140,7 +139,7 @@ def rebuild(params: dict, params_file: str, cell: dict, use_current_params: bool
             for name, want, got, ok in compare(on_disk, rebuilt)]
     print(format_table(rows), file=out)
     matched = all(ok for *_, ok in rows)
-    print(f"cell {name}: " + ("rebuilt outputs match the record" if matched else
+    print(f"cell {cell_id}: " + ("rebuilt outputs match the record" if matched else
           f"{sum(not ok for *_, ok in rows)} of {len(rows)} outputs differ from the record"), file=out)
     return 0 if matched else 1
 
