@@ -92,7 +92,7 @@ def slice_run(tmp_path_factory):
     found = require_mirror()  # module scope: the function-scoped ``mirror`` fixture cannot serve
     ws = make_workspace(tmp_path_factory.mktemp("c10slice") / "ws")
     bench = "benchmarks.cifar10-mini"
-    edit_params(ws, **{"grid.benchmarks": ["cifar10-mini"], "grid.methods": ["oe", "sep"],
+    edit_params(ws, **{"grid.benchmarks": ["cifar10-mini"], "grid.pretrain_seeds": [0], "grid.methods": ["oe", "sep"],
                        "grid.seeds": [0], f"{bench}.data": sliced(MINI),
                        f"{bench}.pretrain.epochs": 1, f"{bench}.finetune.epochs": 2, f"{bench}.finetune.stage2_epoch": 1,
                        "report.projection_seed": 0})
