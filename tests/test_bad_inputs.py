@@ -182,7 +182,8 @@ def _jpeg(seed: int) -> bytes:
 def cifar_ws(tmp_path, monkeypatch) -> Path:
     """A cifar10 workspace whose sources (CIFAR-10, 300K, a DTD archive) lie in ``$FSOOD_MIRROR``."""
     ws = make_workspace(tmp_path / "ws", git=False)
-    edit_params(ws, **{"grid.benchmarks": ["cifar10"], "grid.pretrain_seeds": [0], "grid.seeds": [0], "datasets.mirrors": [],
+    edit_params(ws, **{"grid.benchmarks": ["cifar10"], "grid.pretrain_seeds": [0], "grid.seeds": [0],
+                       "datasets.mirrors": [],
                        "benchmarks.cifar10.data.ood_sets": ["textures"], "benchmarks.cifar10.data.hard_ood_sets": [],
                        "benchmarks.cifar10.data.ood_count": 6, "benchmarks.cifar10.data.subset.outliers": 32})
     mirror = tmp_path / "mirror"

@@ -177,7 +177,8 @@ def test_a_declared_benchmark_runs_through_snakemake_to_the_report(tmp_path):
     ws = make_workspace(tmp_path / "ws", git=False)
     fabricate(ws / "mydata" / "pets")
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    edit_params(ws, **{"benchmarks.pets": pets_benchmark(params), "grid.benchmarks": ["pets"], "grid.pretrain_seeds": [0],
+    edit_params(ws, **{"benchmarks.pets": pets_benchmark(params), "grid.benchmarks": ["pets"],
+                       "grid.pretrain_seeds": [0],
                        "grid.methods": ["sep"], "grid.seeds": [0], "report.projection_seed": 0,
                        "report.projection_ood.pets": "owls", "report.max_points": 50})
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "all"], cwd=ws,

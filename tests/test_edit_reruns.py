@@ -36,7 +36,8 @@ PARAM_EDITS = {  # one leaf of every params section (grid aside: it changes the 
     "methods.sep.beta": 2.0,
     "methods.oe.oe_weight": 0.25,
     "score.tpr": 0.9,
-    "score.synthetic_sets": ["gaussian", "rademacher", "blobs", "photo_china"],  # another headline mean: the scores, the verdict and the report
+    # another headline mean (photo_china a sanity set): the scores, the verdict and the report
+    "score.synthetic_sets": ["gaussian", "rademacher", "blobs", "photo_china"],
     "verdict.margin": 2.0,
     "report.max_points": 50,
     "runtime.eval_batch_size": 256,

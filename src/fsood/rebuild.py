@@ -112,7 +112,8 @@ def rebuild(params: dict, params_file: str, cell: dict, use_current_params: bool
                           "to rebuild with the current values")
     if changed:
         print(f"rebuilding with the current params; differing from the record: {', '.join(changed)}", file=out)
-    current_inputs = {file: provenance.sha256_file(file) if Path(file).is_file() else None for file in recorded["inputs"]}
+    current_inputs = {file: provenance.sha256_file(file) if Path(file).is_file() else None
+                      for file in recorded["inputs"]}
     for file, row_ok in ((row[0], row[3]) for row in compare(recorded["inputs"], current_inputs)):
         if not row_ok:
             print(f"warning: input {file} is not the recorded one; the outputs cannot be expected to match",
