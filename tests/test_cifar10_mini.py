@@ -94,7 +94,8 @@ def slice_run(tmp_path_factory):
     bench = "benchmarks.cifar10-mini"
     edit_params(ws, **{"grid.benchmarks": ["cifar10-mini"], "grid.pretrain_seeds": [0], "grid.methods": ["oe", "sep"],
                        "grid.seeds": [0], f"{bench}.data": sliced(MINI),
-                       f"{bench}.pretrain.epochs": 1, f"{bench}.finetune.epochs": 2, f"{bench}.finetune.stage2_epoch": 1,
+                       f"{bench}.pretrain.epochs": 1, f"{bench}.finetune.epochs": 2,
+                       f"{bench}.finetune.stage2_epoch": 1,
                        # 2 steps an epoch (the default 24 stream over the whole ID set: 4 minutes a cell on a CPU
                        # without AVX-512); the stages, files and report are the same
                        f"{bench}.finetune.steps_per_epoch": 2,
